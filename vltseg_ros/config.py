@@ -1,0 +1,224 @@
+"""Model, preprocessing and inference configuration as plain dataclasses.
+
+Configuration is data: it is validated once when built from a dict (a checkpoint's JSON metadata, YAML or CLI
+flags) and trusted afterwards. ``to_dict``/``from_dict`` round-trip exactly, which the checkpoint format relies on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CITYSCAPES_THING_CLASSES
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass
+class EncoderConfig:
+    """CLIP vision encoder: a registered name (see ``model.encoder.ENCODERS``), tap blocks and drop path."""
+
+    name: str = "eva02_l14"
+    taps: Optional[list[int]] = None  # None = the encoder's default taps
+    drop_path_rate: float = 0.2
+
+
+@dataclass
+class PyramidConfig:
+    """Simple feature pyramid: normalisation after the first deconvolution of the stride-4 branch."""
+
+    norm: str = "batch"  # "batch" (SyncBatchNorm under DDP) or "group"
+
+
+@dataclass
+class SegHeadConfig:
+    """Mask2Former semantic head and its loss (method.md §1.7)."""
+
+    hidden_dim: int = 256
+    num_queries: int = 100
+    pixel_decoder_layers: int = 6
+    decoder_layers: int = 9
+    num_heads: int = 8
+    decoder_ffn_dim: int = 2048
+    pixel_decoder_ffn_dim: int = 1024
+    num_points: int = 4
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    no_object_weight: float = 0.1
+    train_num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+
+
+@dataclass
+class DetHeadConfig:
+    """ViTDet-style Faster R-CNN (torchvision RPN + RoI heads over an FPN on the shared pyramid)."""
+
+    classes: list[str] = field(default_factory=lambda: list(CITYSCAPES_THING_CLASSES))
+    fpn_channels: int = 256
+    anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
+    aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+
+@dataclass
+class ModelConfig:
+    """The whole network: one encoder, a pyramid, and a segmentation head, a detection head, or both."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    seg_head: Optional[SegHeadConfig] = field(default_factory=SegHeadConfig)
+    det_head: Optional[DetHeadConfig] = None
+    classes: list[str] = field(default_factory=lambda: list(CITYSCAPES_CLASSES))
+    palette: list[list[int]] = field(default_factory=lambda: [list(c) for c in CITYSCAPES_PALETTE])
+
+
+@dataclass
+class NormalizationConfig:
+    """Per-channel mean/std on the 0-255 scale, RGB order (the reimplementation's ImageNet statistics)."""
+
+    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+
+
+@dataclass
+class InferenceConfig:
+    """How the predictor feeds images to the network.
+
+    ``whole``: resize each image to ``size`` (H, W) exactly. ``slide``: resize keeping the aspect ratio to fit
+    ``fit_size`` (H, W), then average ``window``-sized crops taken every ``stride`` pixels (method.md §3.2:
+    512/426 within 512x1024 for synthetic-trained models, 1024/768 within 1024x2048 for real-trained ones).
+    """
+
+    mode: str = "slide"
+    size: list[int] = field(default_factory=lambda: [512, 1024])
+    fit_size: list[int] = field(default_factory=lambda: [512, 1024])
+    window: int = 512
+    stride: int = 426
+
+
+_NESTED = {
+    "encoder": EncoderConfig,
+    "pyramid": PyramidConfig,
+    "seg_head": SegHeadConfig,
+    "det_head": DetHeadConfig,
+}
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        nested = _NESTED.get(key) if cls is ModelConfig else None
+        kwargs[key] = _build(nested, value, f"{where}.{key}") if nested and value is not None else value
+    return cls(**kwargs)
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    """Build and validate a ModelConfig from its ``to_dict`` form."""
+    cfg = _build(ModelConfig, data, "model")
+    validate_model_config(cfg)
+    return cfg
+
+
+def inference_config_from_dict(data: dict) -> InferenceConfig:
+    """Build and validate an InferenceConfig."""
+    cfg = _build(InferenceConfig, data, "inference")
+    validate_inference_config(cfg)
+    return cfg
+
+
+def normalization_from_dict(data: dict) -> NormalizationConfig:
+    """Build and validate a NormalizationConfig."""
+    cfg = _build(NormalizationConfig, data, "normalization")
+    if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
+        raise ConfigError("normalization: mean and std need 3 values each, std > 0")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-JSON form of any config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def validate_model_config(cfg: ModelConfig) -> None:
+    """Raise ConfigError when the model config cannot describe a working network."""
+    from .model.encoder import ENCODERS  # local import: encoder pulls in timm
+
+    if cfg.encoder.name not in ENCODERS:
+        raise ConfigError(f"model.encoder.name: unknown encoder {cfg.encoder.name!r}; known: {sorted(ENCODERS)}")
+    if cfg.encoder.taps is not None and len(cfg.encoder.taps) != 4:
+        raise ConfigError(f"model.encoder.taps: need exactly 4 block indices, got {cfg.encoder.taps}")
+    if cfg.seg_head is None and cfg.det_head is None:
+        raise ConfigError("model: a checkpoint needs a segmentation head, a detection head, or both")
+    if not cfg.classes or len(cfg.classes) > 255:
+        raise ConfigError(f"model.classes: need 1..255 classes (255 is the unlabeled value), got {len(cfg.classes)}")
+    if len(cfg.palette) != len(cfg.classes) or any(len(c) != 3 for c in cfg.palette):
+        raise ConfigError("model.palette: need one RGB triple per class")
+    if cfg.pyramid.norm not in ("batch", "group"):
+        raise ConfigError(f"model.pyramid.norm: 'batch' or 'group', got {cfg.pyramid.norm!r}")
+    if cfg.det_head is not None and not cfg.det_head.classes:
+        raise ConfigError("model.det_head.classes: need at least one detection class")
+
+
+def validate_inference_config(cfg: InferenceConfig) -> None:
+    """Raise ConfigError for an unusable inference mode or size."""
+    if cfg.mode not in ("whole", "slide"):
+        raise ConfigError(f"inference.mode: 'whole' or 'slide', got {cfg.mode!r}")
+    for name in ("size", "fit_size"):
+        value = getattr(cfg, name)
+        if len(value) != 2 or min(value) < 16:
+            raise ConfigError(f"inference.{name}: need [height, width] of at least 16 px, got {value}")
+    if cfg.window < 16 or not 0 < cfg.stride <= cfg.window:
+        raise ConfigError(f"inference: need window >= 16 and 0 < stride <= window, got {cfg.window}/{cfg.stride}")
+
+
+def model_preset(name: str, heads: tuple[str, ...] = ("seg",)) -> ModelConfig:
+    """The default network for an encoder name, with the requested heads (``seg``, ``det``).
+
+    ``eva02_tiny`` also shrinks the heads, for tests and CPU smoke runs; every other name gets the paper's heads.
+    """
+    unknown = sorted(set(heads) - {"seg", "det"})
+    if unknown or not heads:
+        raise ConfigError(f"heads: choose from 'seg' and 'det', got {list(heads)}")
+    tiny = name == "eva02_tiny"
+    seg = det = None
+    if "seg" in heads:
+        seg = SegHeadConfig(
+            hidden_dim=64, num_queries=20, pixel_decoder_layers=2, decoder_layers=3, num_heads=4,
+            decoder_ffn_dim=256, pixel_decoder_ffn_dim=256, train_num_points=2048,
+        ) if tiny else SegHeadConfig()
+    if "det" in heads:
+        det = DetHeadConfig(
+            fpn_channels=64, rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=300,
+            rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=100,
+        ) if tiny else DetHeadConfig()
+    cfg = ModelConfig(
+        encoder=EncoderConfig(name=name, drop_path_rate=0.0 if tiny else 0.2),
+        pyramid=PyramidConfig(norm="group" if tiny else "batch"),
+        seg_head=seg, det_head=det,
+    )
+    validate_model_config(cfg)
+    return cfg
+
+
+def inference_preset(name: str) -> InferenceConfig:
+    """Default inference for a new checkpoint: the synthetic-source protocol (slide 512/426 within 512x1024);
+    the tiny model runs whole images at 256x512."""
+    if name == "eva02_tiny":
+        return InferenceConfig(mode="whole", size=[256, 512], fit_size=[256, 512], window=256, stride=192)
+    return InferenceConfig()

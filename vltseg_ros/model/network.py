@@ -1,0 +1,123 @@
+"""The VLTSeg/VLTDet network: one encoder pass feeding a segmentation head, a detection head, or both."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .detection import DetectionHead
+from .encoder import ClipEncoder, pad_to_multiple
+from .mask2former import Mask2FormerHead, Mask2FormerLoss
+from .pyramid import SimpleFeaturePyramid
+
+
+class VLTSeg(nn.Module):
+    """CLIP encoder -> simple feature pyramid -> Mask2Former (semantic) and/or Faster R-CNN (boxes).
+
+    Input: [B, 3, H, W] normalised RGB float images of any size; they are zero-padded (bottom/right) to a multiple
+    of the patch size, and outputs are cropped back, so sizes need not be multiples of the patch.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = ClipEncoder(cfg.encoder.name, cfg.encoder.taps, cfg.encoder.drop_path_rate)
+        width = self.encoder.embed_dim
+        self.pyramid = SimpleFeaturePyramid(width, cfg.pyramid.norm)
+        self.seg_head: Optional[Mask2FormerHead] = None
+        self.seg_loss: Optional[Mask2FormerLoss] = None
+        self.det_head: Optional[DetectionHead] = None
+        num_classes = len(cfg.classes)
+        if cfg.seg_head is not None:
+            s = cfg.seg_head
+            self.seg_head = Mask2FormerHead(
+                [width] * 4, num_classes, hidden_dim=s.hidden_dim, num_queries=s.num_queries,
+                pixel_decoder_layers=s.pixel_decoder_layers, decoder_layers=s.decoder_layers,
+                num_heads=s.num_heads, decoder_ffn_dim=s.decoder_ffn_dim,
+                pixel_decoder_ffn_dim=s.pixel_decoder_ffn_dim, num_points=s.num_points,
+            )
+            self.seg_loss = Mask2FormerLoss(
+                num_classes, class_weight=s.class_weight, mask_weight=s.mask_weight, dice_weight=s.dice_weight,
+                no_object_weight=s.no_object_weight, num_points=s.train_num_points,
+                oversample_ratio=s.oversample_ratio, importance_sample_ratio=s.importance_sample_ratio,
+            )
+        if cfg.det_head is not None:
+            self.det_head = DetectionHead(width, cfg.det_head)
+
+    @property
+    def patch_size(self) -> int:
+        """The encoder's patch size in pixels."""
+        return self.encoder.patch_size
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Normalised images (already padded to the patch multiple) -> 4 pyramid levels, finest first."""
+        return self.pyramid(self.encoder(images))
+
+    def forward(
+        self,
+        images: Tensor,
+        seg_targets: Optional[Tensor] = None,
+        det_targets: Optional[list[dict[str, Tensor]]] = None,
+        image_sizes: Optional[list[tuple[int, int]]] = None,
+    ) -> dict[str, Any]:
+        """Training mode: weighted losses (``loss_*``) for the heads whose targets are given.
+
+        Eval mode: ``seg_scores`` [B, K, H, W] per-class scores at the input size, and ``detections``: per image
+        ``boxes`` [N, 4] xyxy (input pixels), ``labels`` [N] (0-based indices into the detection classes),
+        ``scores`` [N]. ``image_sizes`` gives the valid (H, W) per image when a batch holds padded images.
+        ``seg_targets``: [B, H, W] int64 trainIds (255 ignored); ``det_targets``: per image ``boxes`` [N, 4] xyxy
+        and ``labels`` [N] 0-based.
+        """
+        height, width = images.shape[-2:]
+        padded = pad_to_multiple(images, self.patch_size)
+        pyramid = self.features(padded)
+        sizes = image_sizes or [(height, width)] * images.shape[0]
+        out: dict[str, Any] = {}
+        if self.training:
+            if seg_targets is not None and self.seg_head is not None:
+                pad_h, pad_w = padded.shape[-2] - height, padded.shape[-1] - width
+                targets = nn.functional.pad(seg_targets, (0, pad_w, 0, pad_h), value=255)
+                out.update(self.seg_loss(self.seg_head(pyramid), targets))
+            if det_targets is not None and self.det_head is not None:
+                shifted = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in det_targets]
+                _, losses = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes, shifted)
+                out.update(losses)
+            return out
+        if self.seg_head is not None:
+            pred = self.seg_head(pyramid)
+            scores = Mask2FormerHead.semantic_scores(pred["pred_logits"], pred["pred_masks"])
+            scores = nn.functional.interpolate(
+                scores.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
+            )
+            out["seg_scores"] = scores[..., :height, :width]
+        if self.det_head is not None:
+            detections, _ = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes)
+            out["detections"] = [
+                {"boxes": d["boxes"].float(), "labels": d["labels"] - 1, "scores": d["scores"].float()}
+                for d in detections
+            ]
+        return out
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Names of parameters by optimiser role: ``encoder`` (lr x0.1 in the recipe), ``head``, and the subset of
+        both that takes no weight decay (norms, biases, position embedding, cls token, queries, level embeddings)."""
+        no_decay_names = {"query_feat", "query_embed", "level_embed"}
+        skip = self.encoder.no_weight_decay()
+        groups: dict[str, list[str]] = {"encoder": [], "head": [], "no_decay": []}
+        for name, param in self.named_parameters():
+            is_encoder = name.startswith(("encoder.", "pyramid."))
+            groups["encoder" if is_encoder else "head"].append(name)
+            if param.ndim <= 1 or name.removeprefix("encoder.") in skip or no_decay_names & set(name.split(".")):
+                groups["no_decay"].append(name)
+        return groups
+
+
+def build_model(cfg: ModelConfig) -> VLTSeg:
+    """Build a randomly initialised network for ``cfg``."""
+    return VLTSeg(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Total number of parameters."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,228 @@
+"""ROS-free inference: uint8 images in (explicit RGB/BGR, any sizes), label maps and boxes out at source size.
+
+Data path: numpy HxWx3 uint8 -> device tensor (pinned upload on CUDA) -> resize + normalise on the device ->
+network under ``inference_mode`` and optional bf16/fp16 autocast -> per-class scores resized to the source size
+-> argmax (+ confidence) and boxes scaled to source pixels -> numpy.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+from .checkpoint import CheckpointMeta, load_checkpoint
+from .config import InferenceConfig
+from .labels import IGNORE_INDEX
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class InputError(ValueError):
+    """An input image is unusable (wrong shape, dtype, size or colour format)."""
+
+
+@dataclass
+class Prediction:
+    """Per-image result, all at the source image's resolution and in its pixel coordinates."""
+
+    label_map: Optional[np.ndarray]  # [H, W] uint8 class ids (trainIds), 255 = unlabeled; None without a seg head
+    confidence: Optional[np.ndarray]  # [H, W] float32 in [0, 1] (normalised class score of the winner), if asked
+    boxes: np.ndarray  # [N, 4] float32 xyxy in source pixels
+    box_class_ids: np.ndarray  # [N] int64 ids in ``Predictor.class_names``
+    box_scores: np.ndarray  # [N] float32
+
+
+def fit_size(height: int, width: int, box: Sequence[int]) -> tuple[int, int]:
+    """Aspect-preserving size that fits (H, W) into ``box`` = (H_max, W_max), rounded like mmcv's ``rescale``."""
+    scale = min(box[0] / height, box[1] / width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def window_origins(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows along one axis (mmseg ``slide_inference``: last window flush with the end)."""
+    count = max(length - window + stride - 1, 0) // stride + 1
+    return sorted({max(min(i * stride + window, length) - window, 0) for i in range(count)})
+
+
+class Predictor:
+    """Stateful inference wrapper around a VLTSeg network and its checkpoint metadata."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: CheckpointMeta,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        inference: Optional[InferenceConfig] = None,
+        score_threshold: float = 0.0,
+        max_batch: int = 8,
+        compile: bool = False,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = torch.device(device)
+        self.meta = meta
+        self.inference = inference or meta.inference
+        self.precision = precision
+        self.score_threshold = score_threshold
+        self.max_batch = max_batch
+        self.model = model.to(self.device).eval()
+        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        norm = meta.normalization
+        self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
+        cfg = meta.model
+        self.class_names: list[str] = list(cfg.classes)
+        self.palette = np.array(cfg.palette, dtype=np.uint8)
+        det_classes = cfg.det_head.classes if cfg.det_head is not None else []
+        for name in det_classes:  # detection-only classes get ids after the segmentation classes
+            if name not in self.class_names:
+                self.class_names.append(name)
+        self._det_ids = torch.tensor([self.class_names.index(n) for n in det_classes], dtype=torch.int64)
+        self.has_seg = cfg.seg_head is not None
+        self.has_det = cfg.det_head is not None
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", precision: str = "fp32",
+                        **kwargs) -> "Predictor":
+        """Load a ``.safetensors`` checkpoint and wrap it (kwargs: inference, score_threshold, max_batch, compile)."""
+        model, meta = load_checkpoint(path)
+        return cls(model, meta, device=device, precision=precision, **kwargs)
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def _upload(self, image: np.ndarray, image_format: str) -> Tensor:
+        """HxWx3 uint8 numpy -> [1, 3, H, W] float32 RGB on the device (0-255 scale)."""
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            shape = getattr(image, "shape", None)
+            dtype = getattr(image, "dtype", type(image).__name__)
+            raise InputError(f"expected an HxWx3 uint8 array, got shape {shape} dtype {dtype}")
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise InputError(f"image has zero size: {image.shape}")
+        host = torch.from_numpy(np.ascontiguousarray(image))
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        tensor = host.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
+        return tensor.flip(1) if image_format == "BGR" else tensor
+
+    def _normalise(self, images: Tensor, size: Sequence[int]) -> Tensor:
+        if tuple(images.shape[-2:]) != tuple(size):
+            images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
+        return (images - self._mean) / self._std
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray], image_format: str = "RGB",
+                return_confidence: bool = False) -> list[Prediction]:
+        """Run the network on HxWx3 uint8 images (``image_format`` "RGB" or "BGR", any sizes, one batch)."""
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        tensors = [self._upload(img, image_format) for img in images]
+        if not tensors:
+            return []
+        if self.inference.mode == "whole":
+            scores, detections = self._whole(tensors)
+        else:
+            scores, detections = self._slide(tensors)
+        return [self._finish(s, d, return_confidence) for s, d in zip(scores, detections)]
+
+    def _run(self, batch: Tensor) -> dict:
+        with self._autocast():
+            return self._forward(batch)
+
+    def _whole(self, tensors: list[Tensor]) -> tuple[list, list]:
+        size = self.inference.size
+        scores: list[Optional[Tensor]] = []
+        detections: list[Optional[dict]] = []
+        for start in range(0, len(tensors), self.max_batch):
+            chunk = tensors[start:start + self.max_batch]
+            batch = torch.cat([self._normalise(t, size) for t in chunk])
+            out = self._run(batch)
+            for i, t in enumerate(chunk):
+                src_h, src_w = t.shape[-2:]
+                scores.append(self._resize_scores(out["seg_scores"][i:i + 1], (src_h, src_w))
+                              if self.has_seg else None)
+                detections.append(self._scale_boxes(out["detections"][i], src_h / size[0], src_w / size[1])
+                                  if self.has_det else None)
+        return scores, detections
+
+    def _slide(self, tensors: list[Tensor]) -> tuple[list, list]:
+        cfg = self.inference
+        scores: list[Optional[Tensor]] = []
+        detections: list[Optional[dict]] = []
+        for t in tensors:
+            src_h, src_w = t.shape[-2:]
+            h, w = fit_size(src_h, src_w, cfg.fit_size)
+            image = self._normalise(t, (h, w))
+            win_h, win_w = min(cfg.window, h), min(cfg.window, w)
+            crops = [(y, x) for y in window_origins(h, win_h, cfg.stride) for x in window_origins(w, win_w, cfg.stride)]
+            total = image.new_zeros((1, len(self.meta.model.classes), h, w)) if self.has_seg else None
+            count = image.new_zeros((1, 1, h, w))
+            boxes, box_scores, labels = [], [], []
+            for start in range(0, len(crops), self.max_batch):
+                chunk = crops[start:start + self.max_batch]
+                batch = torch.cat([image[..., y:y + win_h, x:x + win_w] for y, x in chunk])
+                out = self._run(batch)
+                for i, (y, x) in enumerate(chunk):
+                    count[..., y:y + win_h, x:x + win_w] += 1
+                    if self.has_seg:
+                        total[..., y:y + win_h, x:x + win_w] += out["seg_scores"][i:i + 1]
+                    if self.has_det:
+                        det = out["detections"][i]
+                        boxes.append(det["boxes"] + det["boxes"].new_tensor([x, y, x, y]))
+                        box_scores.append(det["scores"])
+                        labels.append(det["labels"])
+            scores.append(self._resize_scores(total / count, (src_h, src_w)) if self.has_seg else None)
+            if self.has_det:
+                merged = self._merge_windows(torch.cat(boxes), torch.cat(box_scores), torch.cat(labels))
+                detections.append(self._scale_boxes(merged, src_h / h, src_w / w))
+            else:
+                detections.append(None)
+        return scores, detections
+
+    def _merge_windows(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> dict:
+        """Class-wise NMS over the union of all windows' detections (overlapping windows see objects twice)."""
+        det_cfg = self.meta.model.det_head
+        keep = batched_nms(boxes, scores, labels, det_cfg.box_nms_thresh)[: det_cfg.box_detections_per_img]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+
+    @staticmethod
+    def _resize_scores(scores: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(scores.shape[-2:]) != tuple(size):
+            scores = F.interpolate(scores.float(), size=size, mode="bilinear", align_corners=False)
+        return scores[0]
+
+    @staticmethod
+    def _scale_boxes(det: dict, scale_y: float, scale_x: float) -> dict:
+        factor = det["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
+        return {"boxes": det["boxes"] * factor, "scores": det["scores"], "labels": det["labels"]}
+
+    def _finish(self, scores: Optional[Tensor], det: Optional[dict], return_confidence: bool) -> Prediction:
+        label_map = confidence = None
+        if scores is not None:
+            best, label = scores.max(dim=0)
+            label_map = label.to(torch.uint8).cpu().numpy()
+            if return_confidence:
+                # Mask2Former's per-class scores do not sum to one; normalise them to a distribution.
+                total = scores.sum(dim=0).clamp_min(1e-6)
+                confidence = (best / total).clamp(0, 1).float().cpu().numpy()
+        if det is not None:
+            keep = det["scores"] >= self.score_threshold
+            boxes = det["boxes"][keep].float().cpu().numpy()
+            class_ids = self._det_ids[det["labels"][keep].cpu()].numpy()
+            box_scores = det["scores"][keep].float().cpu().numpy()
+        else:
+            boxes = np.zeros((0, 4), np.float32)
+            class_ids = np.zeros((0,), np.int64)
+            box_scores = np.zeros((0,), np.float32)
+        return Prediction(label_map, confidence, boxes, class_ids, box_scores)
+
+
+__all__ = ["Predictor", "Prediction", "InputError", "fit_size", "window_origins", "IGNORE_INDEX"]
