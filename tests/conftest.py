@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny random-init models and checkpoints (CPU, milliseconds per forward)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
+from vltseg_ros.config import inference_preset, model_preset
+from vltseg_ros.model import build_model
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_config():
+    """Tiny EVA02 config with both heads."""
+    return model_preset("eva02_tiny", ("seg", "det"))
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    """Tiny network in eval mode, seeded."""
+    torch.manual_seed(0)
+    return build_model(tiny_config).eval()
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_model, tiny_config):
+    """Path of a saved tiny checkpoint with both heads."""
+    path = str(tmp_path / "tiny.safetensors")
+    meta = CheckpointMeta(model=tiny_config, inference=inference_preset("eva02_tiny"), provenance={"test": True})
+    save_checkpoint(path, tiny_model, meta)
+    return path
+
+
+@pytest.fixture
+def rng():
+    """Seeded numpy generator."""
+    return np.random.default_rng(0)

@@ -1,0 +1,155 @@
+"""Predictor contract: source-resolution outputs, explicit colour order, bad input, whole vs sliding window."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vltseg_ros.config import InferenceConfig
+from vltseg_ros.predictor import InputError, Predictor, fit_size, window_origins
+
+
+@pytest.fixture
+def predictor(tiny_checkpoint):
+    return Predictor.from_checkpoint(tiny_checkpoint)
+
+
+def _image(rng, h, w):
+    # Smooth blobs rather than noise, so tiny resampling differences cannot flip many argmaxes.
+    small = rng.integers(0, 256, (max(2, h // 16), max(2, w // 16), 3), dtype=np.uint8)
+    import cv2
+
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def test_outputs_at_source_resolution(predictor, rng):
+    images = [_image(rng, 300, 400), _image(rng, 97, 131), _image(rng, 256, 512)]
+    results = predictor.predict(images, return_confidence=True)
+    assert len(results) == 3
+    for image, result in zip(images, results):
+        h, w = image.shape[:2]
+        assert result.label_map.shape == (h, w) and result.label_map.dtype == np.uint8
+        assert result.label_map.max() < len(predictor.meta.model.classes)
+        assert result.confidence.shape == (h, w) and result.confidence.dtype == np.float32
+        assert 0.0 <= result.confidence.min() and result.confidence.max() <= 1.0
+        assert result.boxes.dtype == np.float32 and result.boxes.shape[1] == 4
+        assert len(result.boxes) == len(result.box_scores) == len(result.box_class_ids)
+        if len(result.boxes):
+            assert (result.boxes[:, 0] >= 0).all() and (result.boxes[:, 2] <= w + 1e-3).all()
+            assert (result.boxes[:, 1] >= 0).all() and (result.boxes[:, 3] <= h + 1e-3).all()
+            names = {predictor.class_names[i] for i in result.box_class_ids}
+            assert names <= set(predictor.meta.model.det_head.classes)
+
+
+def test_detection_class_ids_share_the_segmentation_id_space(predictor):
+    assert predictor.class_names[:19] == list(predictor.meta.model.classes)
+    assert predictor.class_names.index("car") == 13  # the Cityscapes trainId
+
+
+def test_bgr_input_equals_rgb_input(predictor, rng):
+    rgb = _image(rng, 120, 200)
+    a = predictor.predict([rgb], image_format="RGB")[0]
+    b = predictor.predict([np.ascontiguousarray(rgb[..., ::-1])], image_format="BGR")[0]
+    c = predictor.predict([rgb[..., ::-1]], image_format="BGR")[0]  # a non-contiguous view works too
+    assert np.array_equal(a.label_map, b.label_map) and np.array_equal(a.label_map, c.label_map)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+
+
+def test_batch_equals_single_images(predictor, rng):
+    images = [_image(rng, 128, 256), _image(rng, 64, 90)]
+    together = predictor.predict(images)
+    alone = [predictor.predict([img])[0] for img in images]
+    for t, a in zip(together, alone):
+        assert (t.label_map == a.label_map).mean() > 0.999
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((10, 10), np.uint8), "HxWx3 uint8"),
+    (np.zeros((10, 10, 4), np.uint8), "HxWx3 uint8"),
+    (np.zeros((10, 10, 3), np.float32), "HxWx3 uint8"),
+    (np.zeros((0, 10, 3), np.uint8), "zero size"),
+    ("not an image", "HxWx3 uint8"),
+])
+def test_bad_input_is_rejected_and_next_input_works(predictor, rng, bad, message):
+    with pytest.raises(InputError, match=message):
+        predictor.predict([bad])
+    good = predictor.predict([_image(rng, 64, 64)])[0]
+    assert good.label_map.shape == (64, 64)
+
+
+def test_unknown_colour_order(predictor, rng):
+    with pytest.raises(InputError, match="image_format"):
+        predictor.predict([_image(rng, 32, 32)], image_format="RGBA")
+
+
+def test_sliding_window_equals_whole_image_on_one_window(tiny_checkpoint, rng):
+    whole = Predictor.from_checkpoint(
+        tiny_checkpoint, inference=InferenceConfig(mode="whole", size=[192, 192]))
+    slide = Predictor.from_checkpoint(
+        tiny_checkpoint, inference=InferenceConfig(mode="slide", fit_size=[192, 192], window=192, stride=150))
+    image = _image(rng, 192, 192)
+    a = whole.predict([image], return_confidence=True)[0]
+    b = slide.predict([image], return_confidence=True)[0]
+    assert np.array_equal(a.label_map, b.label_map)
+    np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-6)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+    np.testing.assert_allclose(a.box_scores, b.box_scores, atol=1e-6)
+
+
+def test_sliding_window_covers_larger_images(tiny_checkpoint, rng):
+    slide = Predictor.from_checkpoint(
+        tiny_checkpoint, inference=InferenceConfig(mode="slide", fit_size=[128, 256], window=96, stride=64))
+    result = slide.predict([_image(rng, 300, 700), _image(rng, 50, 60)])
+    assert [r.label_map.shape for r in result] == [(300, 700), (50, 60)]
+
+
+def test_window_grid_matches_mmseg():
+    assert window_origins(1024, 512, 426) == [0, 426, 512]  # 3 windows on a 1024-wide image
+    assert window_origins(512, 512, 426) == [0]
+    assert window_origins(300, 512, 426) == [0]
+    assert window_origins(2048, 1024, 768) == [0, 768, 1024]
+
+
+def test_fit_size_keeps_aspect_ratio():
+    assert fit_size(1024, 2048, (512, 1024)) == (512, 1024)  # Cityscapes
+    assert fit_size(720, 1280, (512, 1024)) == (512, 910)  # BDD100K
+    assert fit_size(1080, 1920, (540, 960)) == (540, 960)  # ACDC
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_close_to_fp32(tiny_checkpoint, rng, precision):
+    image = _image(rng, 128, 256)
+    ref = Predictor.from_checkpoint(tiny_checkpoint).predict([image], return_confidence=True)[0]
+    low = Predictor.from_checkpoint(tiny_checkpoint, precision=precision).predict([image], return_confidence=True)[0]
+    assert (ref.label_map == low.label_map).mean() > 0.9
+    assert low.confidence.dtype == np.float32
+
+
+def test_score_threshold_filters_boxes(tiny_checkpoint, rng):
+    image = _image(rng, 128, 256)
+    everything = Predictor.from_checkpoint(tiny_checkpoint).predict([image])[0]
+    assert len(everything.box_scores), "the random tiny detector should propose boxes above its 0.05 floor"
+    cut = float(np.median(everything.box_scores))
+    kept = Predictor.from_checkpoint(tiny_checkpoint, score_threshold=cut).predict([image])[0]
+    assert len(kept.box_scores) == int((everything.box_scores >= cut).sum())
+    assert (kept.box_scores >= cut).all()
+
+
+def test_seg_only_and_det_only_checkpoints(tmp_path, rng):
+    from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
+    from vltseg_ros.config import inference_preset, model_preset
+    from vltseg_ros.model import build_model
+
+    for heads in (("seg",), ("det",)):
+        cfg = model_preset("eva02_tiny", heads)
+        path = str(tmp_path / f"{heads[0]}.safetensors")
+        save_checkpoint(path, build_model(cfg), CheckpointMeta(model=cfg, inference=inference_preset("eva02_tiny")))
+        result = Predictor.from_checkpoint(path).predict([_image(rng, 64, 80)])[0]
+        assert (result.label_map is not None) == (heads == ("seg",))
+        if heads == ("seg",):
+            assert len(result.boxes) == 0
+
+
+def test_unknown_precision(tiny_checkpoint):
+    with pytest.raises(ValueError, match="precision"):
+        Predictor.from_checkpoint(tiny_checkpoint, precision="int4")
+

@@ -1,0 +1,168 @@
+"""The ``vltseg`` command line: checkpoint tools and single-image prediction (more subcommands come with the
+training, node and bag tools)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from .config import ConfigError
+
+
+def _size(text: str) -> list[int]:
+    """Parse "HxW" (or a single number for a square)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 512x1024, got {text!r}") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected HxW with positive sizes, got {text!r}")
+    return values
+
+
+def _checkpoint_new(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointMeta, save_checkpoint
+    from .config import inference_preset, model_preset, validate_inference_config
+    from .model import ENCODERS, build_model, count_parameters, load_pretrained
+
+    if args.model not in ENCODERS:
+        raise ConfigError(f"--model: unknown model {args.model!r}; choose from {sorted(ENCODERS)}")
+    cfg = model_preset(args.model, tuple(h.strip() for h in args.heads.split(",") if h.strip()))
+    inference = inference_preset(args.model)
+    for key in ("mode", "size", "fit_size", "window", "stride"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(inference, key, value)
+    validate_inference_config(inference)
+    model = build_model(cfg)
+    provenance = {"created_by": "vltseg checkpoint new", "pretrained": args.pretrained, "trained": False}
+    if args.pretrained:
+        load_pretrained(model.encoder, args.pretrained)
+    save_checkpoint(args.out, model, CheckpointMeta(model=cfg, inference=inference, provenance=provenance))
+    print(f"wrote {args.out}: {args.model}, heads {args.heads}, {count_parameters(model) / 1e6:.1f} M parameters")
+    return 0
+
+
+def _checkpoint_info(args: argparse.Namespace) -> int:
+    from safetensors import safe_open
+
+    from .checkpoint import read_meta
+    from .config import to_dict
+
+    meta = read_meta(args.file)
+    if args.json:
+        print(meta.to_json())
+        return 0
+    with safe_open(args.file, framework="pt") as f:
+        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
+    m = meta.model
+    heads = [name for name, head in (("seg", m.seg_head), ("det", m.det_head)) if head is not None]
+    print(f"checkpoint     {args.file} ({os.path.getsize(args.file) / 2**20:.1f} MiB, {params / 1e6:.1f} M values)")
+    print(f"encoder        {m.encoder.name} (taps {m.encoder.taps or 'default'})")
+    print(f"heads          {', '.join(heads)}")
+    print(f"classes        {len(m.classes)}: {', '.join(m.classes)}")
+    if m.det_head is not None:
+        print(f"det classes    {', '.join(m.det_head.classes)}")
+    print(f"normalization  mean {meta.normalization.mean} std {meta.normalization.std} (RGB, 0-255)")
+    print(f"inference      {json.dumps(to_dict(meta.inference))}")
+    print(f"provenance     {json.dumps(meta.provenance, sort_keys=True)}")
+    return 0
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from .labels import colorize
+    from .predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                          score_threshold=args.score_threshold)
+    os.makedirs(args.out, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            print(f"skipped {path}: not a readable image", file=sys.stderr)
+            failures += 1
+            continue
+        result = predictor.predict([image], image_format="BGR")[0]
+        stem = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
+        if result.label_map is not None:
+            cv2.imwrite(stem + "_labels.png", result.label_map)
+            color = colorize(result.label_map, predictor.palette)
+            cv2.imwrite(stem + "_color.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+        boxes = [
+            {"box_xyxy": [round(float(v), 2) for v in b], "class_id": int(c),
+             "class_name": predictor.class_names[int(c)], "score": round(float(s), 4)}
+            for b, c, s in zip(result.boxes, result.box_class_ids, result.box_scores)
+        ]
+        with open(stem + "_detections.json", "w", encoding="utf-8") as f:
+            json.dump(boxes, f, indent=1)
+        print(f"{path}: {len(boxes)} boxes" + (f", {len(np.unique(result.label_map))} classes in mask"
+                                                 if result.label_map is not None else ""))
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vltseg`` argument parser."""
+    parser = argparse.ArgumentParser(prog="vltseg", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ckpt = commands.add_parser("checkpoint", help="create or inspect checkpoints")
+    ckpt_commands = ckpt.add_subparsers(dest="checkpoint_command", required=True)
+    new = ckpt_commands.add_parser("new", help="write a randomly initialised (or CLIP-initialised) checkpoint")
+    new.add_argument("--model", required=True, help="eva02_l14, eva02_b16, clip_l14, clip_b16 or eva02_tiny")
+    new.add_argument("--heads", default="seg", help="comma-separated: seg, det (default: seg)")
+    new.add_argument("--out", required=True, help="output .safetensors path")
+    new.add_argument("--pretrained", help="encoder weights: a local file (open_clip, EVA-CLIP .pt or timm format) "
+                                          "or an open_clip pretrained tag ('openclip' = the encoder's default tag)")
+    new.add_argument("--mode", choices=["whole", "slide"], help="inference mode stored in the checkpoint")
+    new.add_argument("--size", type=_size, help="whole-image input size HxW")
+    new.add_argument("--fit-size", dest="fit_size", type=_size, help="slide mode: resize to fit HxW first")
+    new.add_argument("--window", type=int, help="slide mode: window size")
+    new.add_argument("--stride", type=int, help="slide mode: window stride")
+    new.set_defaults(func=_checkpoint_new)
+    info = ckpt_commands.add_parser("info", help="print a checkpoint's metadata")
+    info.add_argument("file")
+    info.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    info.set_defaults(func=_checkpoint_info)
+
+    predict = commands.add_parser("predict", help="segment image files; writes label/color PNGs and box JSON")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--out", required=True, help="output directory")
+    predict.add_argument("--device", default="cpu")
+    predict.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    predict.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.3)
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the process exit code. User errors print one line, not a traceback."""
+    from .checkpoint import CheckpointError
+    from .model import PretrainedWeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ConfigError, PretrainedWeightsError) as exc:
+        print(f"vltseg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
