@@ -1,8 +1,10 @@
-"""The ``vltseg`` command line: checkpoint tools and single-image prediction (more subcommands come with the
-training, node and bag tools)."""
+"""The ``vltseg`` command line: checkpoint tools and single-image prediction here; other packages add subcommands
+through the ``vltseg.commands`` entry point group (a module with ``add_arguments(parser)`` and ``run(args)``), so
+the core never imports them."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -148,7 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     predict.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.3)
     predict.set_defaults(func=_predict)
+
+    for entry in sorted(_plugin_entry_points(), key=lambda e: e.name):
+        module = entry.load()
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None
+        sub = commands.add_parser(entry.name, help=summary, description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(func=module.run)
     return parser
+
+
+def _plugin_entry_points() -> list:
+    eps = importlib.metadata.entry_points()
+    return list(eps.select(group="vltseg.commands")) if hasattr(eps, "select") else list(eps.get("vltseg.commands", []))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
