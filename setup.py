@@ -42,6 +42,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vltseg = vltseg_ros.cli:main",
+            "vltseg_node = vltseg_ros.node.node:main",
         ],
     },
 )

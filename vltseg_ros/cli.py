@@ -87,8 +87,8 @@ def _predict(args: argparse.Namespace) -> int:
     import cv2
     import numpy as np
 
-    from .labels import colorize
     from .predictor import Predictor
+    from .visualize import colorize
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                           score_threshold=args.score_threshold)

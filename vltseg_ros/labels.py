@@ -40,9 +40,3 @@ def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:
         lut[src] = dst
     return lut
 
-
-def colorize(label_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Map an HxW uint8 label map to an HxWx3 uint8 RGB image; labels beyond the palette become black."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(palette)] = palette
-    return table[label_map]

@@ -119,12 +119,14 @@ class Predictor:
         return (images - self._mean) / self._std
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[np.ndarray], image_format: str = "RGB",
+    def predict(self, images: Sequence[np.ndarray], image_format: str | Sequence[str] = "RGB",
                 return_confidence: bool = False) -> list[Prediction]:
-        """Run the network on HxWx3 uint8 images (``image_format`` "RGB" or "BGR", any sizes, one batch)."""
-        if image_format not in ("RGB", "BGR"):
-            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        tensors = [self._upload(img, image_format) for img in images]
+        """Run the network on HxWx3 uint8 images of any sizes as one batch. ``image_format`` is "RGB" or "BGR"
+        for all images, or one of those per image."""
+        formats = [image_format] * len(images) if isinstance(image_format, str) else list(image_format)
+        if len(formats) != len(images) or any(f not in ("RGB", "BGR") for f in formats):
+            raise InputError(f"image_format must be 'RGB' or 'BGR' (one, or one per image), got {image_format!r}")
+        tensors = [self._upload(img, fmt) for img, fmt in zip(images, formats)]
         if not tensors:
             return []
         if self.inference.mode == "whole":

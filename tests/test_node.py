@@ -1,0 +1,418 @@
+"""The ROS 2 node over real Fast DDS: inputs, outputs, headers, lifecycle, batching, parameters, bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import State
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg
+from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
+from vltseg_ros.config import InferenceConfig, model_preset
+from vltseg_ros.model import build_model
+from vltseg_ros.node.node import VLTSegNode
+
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame)."""
+    import torch
+
+    torch.manual_seed(0)
+    cfg = model_preset("eva02_tiny", ("seg", "det"))
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+    save_checkpoint(path, build_model(cfg), CheckpointMeta(
+        model=cfg, inference=InferenceConfig(mode="whole", size=[64, 128], fit_size=[64, 128])))
+    return path
+
+
+@pytest.fixture
+def ros():
+    harness = RosHarness()
+    yield harness
+    harness.close()
+
+
+def start_node(ros: RosHarness, checkpoint: str, activate: bool = True, **params) -> VLTSegNode:
+    """Create the node in the harness context, configure it and (optionally) activate it."""
+    overrides = [Parameter("checkpoint", value=checkpoint), Parameter("device", value="cpu"),
+                 Parameter("score_threshold", value=0.0)]
+    overrides += [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
+    node = VLTSegNode(context=ros.context, parameter_overrides=overrides)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    if activate:
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    ros.add_node(node)
+    return node
+
+
+def stop_node(node: VLTSegNode) -> None:
+    node.trigger_shutdown()
+    node.destroy_node()
+
+
+def _frame(h=60, w=100, seed=0):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    import cv2
+
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _publish_until(ros, pub, make_msg, bucket, count=1, timeout=20.0):
+    """Publish fresh frames until ``bucket`` holds ``count`` messages (best-effort input may drop early ones)."""
+    deadline = time.monotonic() + timeout
+    i = 0
+    while time.monotonic() < deadline and len(bucket) < count:
+        pub.publish(make_msg(i))
+        i += 1
+        ros.wait_for(lambda: len(bucket) >= count, timeout=0.3)
+    return len(bucket) >= count
+
+
+@pytest.mark.parametrize("qos", [BEST_EFFORT, RELIABLE], ids=["best_effort_publisher", "reliable_publisher"])
+def test_raw_frames_produce_every_output(ros, checkpoint, qos):
+    node = start_node(ros, checkpoint, publish__confidence=True)
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        colored = ros.record(Image, "/vltseg/colored_mask")
+        overlay = ros.record(Image, "/vltseg/overlay")
+        confidence = ros.record(Image, "/vltseg/confidence")
+        dets = ros.record(Detection2DArray, "/vltseg/detections")
+        pub = ros.publisher(Image, "/image", qos)
+        ros.wait_matched(pub)
+        assert ros.wait_for(lambda: node.cameras[0].publishers["overlay"].get_subscription_count() > 0)
+        image = _frame()
+        stamp = 1_700_000_000_123_456_789
+        assert _publish_until(ros, pub, lambda i: image_msg(image, "rgb8", stamp + i), dets)
+        assert ros.wait_for(lambda: masks and colored and overlay and confidence)
+        for msg, encoding in ((masks[0], "mono8"), (colored[0], "rgb8"), (overlay[0], "rgb8"),
+                              (confidence[0], "32FC1")):
+            assert (msg.encoding, msg.height, msg.width) == (encoding, 60, 100)
+            assert msg.header.frame_id == "camera_optical"
+            assert msg.header.stamp.sec == stamp // 10**9
+            assert msg.step * msg.height == len(msg.data)
+        assert dets[0].header == masks[0].header
+        mask = np.frombuffer(masks[0].data, np.uint8).reshape(60, 100)
+        assert mask.max() < 19
+        conf = np.frombuffer(confidence[0].data, np.float32).reshape(60, 100)
+        assert 0.0 <= conf.min() and conf.max() <= 1.0
+        assert len(dets[0].detections) > 0
+        det = dets[0].detections[0]
+        hyp = det.results[0].hypothesis
+        assert hyp.class_id.isdigit() and 11 <= int(hyp.class_id) <= 18  # Cityscapes thing trainIds
+        assert 0.0 <= hyp.score <= 1.0
+        assert det.bbox.size_x > 0 and det.bbox.size_y > 0
+        assert 0 <= det.bbox.center.position.x <= 100 and 0 <= det.bbox.center.position.y <= 60
+        assert det.header == masks[0].header
+    finally:
+        stop_node(node)
+
+
+def test_label_info_is_latched_for_late_subscribers(ros, checkpoint):
+    node = start_node(ros, checkpoint)
+    try:
+        time.sleep(0.5)
+        infos = ros.record(LabelInfo, "/vltseg/label_info", LATCHED)
+        assert ros.wait_for(lambda: infos)
+        names = [c.class_name for c in infos[0].class_map]
+        assert names[:3] == ["road", "sidewalk", "building"] and names[13] == "car"
+        assert [c.class_id for c in infos[0].class_map] == list(range(len(names)))
+    finally:
+        stop_node(node)
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "rgba8", "bgra8", "mono8"])
+def test_other_encodings_and_row_padding(ros, checkpoint, encoding):
+    node = start_node(ros, checkpoint)
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        base = _frame(40, 70)
+        image = {"bgr8": base[..., ::-1], "rgba8": np.dstack([base, np.full(base.shape[:2], 255, np.uint8)]),
+                 "bgra8": np.dstack([base[..., ::-1], np.zeros(base.shape[:2], np.uint8)]),
+                 "mono8": base[..., 0]}[encoding]
+        assert _publish_until(ros, pub, lambda i: image_msg(np.ascontiguousarray(image), encoding, 10**9 + i,
+                                                            row_padding=13), masks)
+        assert (masks[0].height, masks[0].width) == (40, 70)
+    finally:
+        stop_node(node)
+
+
+def test_colour_order_is_honoured(ros, checkpoint):
+    """The same picture sent as rgb8 and as bgr8 gives the same mask."""
+    node = start_node(ros, checkpoint)
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        rgb = _frame(seed=3)
+        assert _publish_until(ros, pub, lambda i: image_msg(rgb, "rgb8", 10**9), masks, 1)
+        assert _publish_until(ros, pub, lambda i: image_msg(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", 2 * 10**9),
+                              masks, 2)
+        a, b = (np.frombuffer(m.data, np.uint8) for m in masks[:2])
+        assert np.array_equal(a, b)
+    finally:
+        stop_node(node)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_compressed_input(ros, checkpoint, fmt):
+    node = start_node(ros, checkpoint, input_transport="compressed")
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(CompressedImage, "/image/compressed", BEST_EFFORT)
+        ros.wait_matched(pub)
+        bgr = _frame(48, 80)[..., ::-1]
+        assert _publish_until(ros, pub, lambda i: compressed_msg(bgr, fmt, 5 * 10**9 + i, "cam"), masks)
+        assert (masks[0].height, masks[0].width, masks[0].header.frame_id) == (48, 80, "cam")
+    finally:
+        stop_node(node)
+
+
+def test_lifecycle_transitions(ros, checkpoint):
+    node = start_node(ros, checkpoint, activate=False)
+    try:
+        pub = ros.publisher(Image, "/image")
+        time.sleep(0.5)
+        assert node._state_machine.current_state[1] == "inactive"
+        assert pub.get_subscription_count() == 0  # configured, not subscribed
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        ros.wait_matched(pub)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert ros.wait_for(lambda: pub.get_subscription_count() == 0)
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # reactivation works
+        masks = ros.record(Image, "/vltseg/label_mask")
+        ros.wait_matched(pub)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
+        assert node.predictor is None
+    finally:
+        stop_node(node)
+
+
+def test_configure_fails_cleanly_on_a_bad_checkpoint(ros, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    node = VLTSegNode(context=ros.context, parameter_overrides=[Parameter("checkpoint", value=str(bad)),
+                                                                 Parameter("device", value="cpu")])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
+    finally:
+        node.destroy_node()
+
+
+def test_several_cameras_share_one_forward_pass(ros, checkpoint):
+    node = start_node(ros, checkpoint, cameras=["cam_front", "cam_rear"], batch_timeout_ms=1000.0)
+    batch_sizes = []
+    predict = node.predictor.predict
+
+    def spy(images, **kwargs):
+        batch_sizes.append(len(images))
+        return predict(images, **kwargs)
+
+    node.predictor.predict = spy
+    try:
+        front = ros.record(Image, "/vltseg/cam_front/label_mask")
+        rear = ros.record(Image, "/vltseg/cam_rear/label_mask")
+        pubs = [ros.publisher(Image, "/cam_front/image"), ros.publisher(Image, "/cam_rear/image")]
+        for p in pubs:
+            ros.wait_matched(p)
+        pubs[0].publish(image_msg(_frame(), "rgb8", 10**9, "front"))
+        pubs[1].publish(image_msg(_frame(30, 50), "rgb8", 10**9, "rear"))
+        assert ros.wait_for(lambda: front and rear)
+        assert batch_sizes == [2]
+        assert (front[0].header.frame_id, front[0].width) == ("front", 100)
+        assert (rear[0].header.frame_id, rear[0].width) == ("rear", 50)
+    finally:
+        stop_node(node)
+
+
+def test_parameter_validation(ros, checkpoint):
+    node = start_node(ros, checkpoint)
+    try:
+        assert not node.set_parameters([Parameter("score_threshold", value=1.5)])[0].successful
+        assert not node.set_parameters([Parameter("precision", value="fp16")])[0].successful  # read-only
+        result = node.set_parameters([Parameter("class_filter", value=["car", "person"])])[0]
+        assert result.successful
+        assert node._keep_det_ids == {11, 13}
+        assert node.set_parameters([Parameter("score_threshold", value=0.9)])[0].successful
+        assert node.predictor.score_threshold == 0.9
+    finally:
+        stop_node(node)
+    with pytest.raises(Exception, match="inference.size: expected 2 values"):
+        VLTSegNode(context=ros.context, parameter_overrides=[Parameter("inference.size", value=[1, 2, 3])])
+    with pytest.raises(Exception, match="precision"):
+        VLTSegNode(context=ros.context, parameter_overrides=[Parameter("precision", value="int8")])
+
+
+def test_class_filter_applies_to_masks_and_detections(ros, checkpoint):
+    node = start_node(ros, checkpoint, class_filter=["car"])
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        dets = ros.record(Detection2DArray, "/vltseg/detections")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), dets)
+        assert ros.wait_for(lambda: masks)
+        assert set(np.unique(np.frombuffer(masks[0].data, np.uint8))) <= {13, 255}
+        assert all(d.results[0].hypothesis.class_id == "13" for d in dets[0].detections)
+    finally:
+        stop_node(node)
+
+
+BAD_FRAMES = {
+    "unsupported_encoding": lambda: _with(image_msg(_frame(), "rgb8", 1), encoding="16UC1"),
+    "short_data": lambda: _with(image_msg(_frame(), "rgb8", 1), height=200),
+    "zero_width": lambda: _with(image_msg(_frame(), "rgb8", 1), width=0),
+    "absurd_size": lambda: _with(image_msg(_frame(), "rgb8", 1), width=100000, height=100000, step=300000),
+    "small_step": lambda: _with(image_msg(_frame(), "rgb8", 1), step=10),
+}
+
+
+def _with(msg, **fields):
+    for k, v in fields.items():
+        setattr(msg, k, v)
+    return msg
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_bad_raw_frames_are_rejected_and_counted(ros, checkpoint, case):
+    node = start_node(ros, checkpoint)
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        pub.publish(BAD_FRAMES[case]())
+        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected", 0) == 1)
+        assert not masks
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
+        assert node.counters.snapshot()["rejected.image"] == 1
+    finally:
+        stop_node(node)
+
+
+@pytest.mark.parametrize("payload", [b"", b"\xff\xd8\xff\xe0 truncated jpeg", b"\x89PNG\r\n\x1a\n broken"])
+def test_corrupt_compressed_frames_are_rejected(ros, checkpoint, payload):
+    node = start_node(ros, checkpoint, input_transport="compressed")
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(CompressedImage, "/image/compressed")
+        ros.wait_matched(pub)
+        bad = CompressedImage(format="jpeg")
+        bad.data = list(payload)
+        pub.publish(bad)
+        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected.compressed", 0) == 1)
+        assert _publish_until(ros, pub, lambda i: compressed_msg(_frame()[..., ::-1], "jpeg", 10**9 + i), masks)
+    finally:
+        stop_node(node)
+
+
+def test_wrong_camera_info_rejects_frames(ros, checkpoint):
+    node = start_node(ros, checkpoint, use_camera_info=True)
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        info_pub = ros.publisher(CameraInfo, "/camera_info")
+        ros.wait_matched(pub)
+        ros.wait_matched(info_pub)
+        info_pub.publish(CameraInfo(width=640, height=480))
+        assert ros.wait_for(lambda: node.cameras[0].camera_info is not None)
+        pub.publish(image_msg(_frame(), "rgb8", 1))
+        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected.camera_info", 0) == 1)
+        assert not masks
+        info_pub.publish(CameraInfo(width=0, height=0))  # invalid: counted, the previous info stays
+        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected.camera_info", 0) == 2)
+        info_pub.publish(CameraInfo(width=100, height=60))
+        assert ros.wait_for(lambda: node.cameras[0].camera_info.width == 100)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
+    finally:
+        stop_node(node)
+
+
+def test_stale_frames_are_dropped_by_age(ros, checkpoint):
+    node = start_node(ros, checkpoint, max_frame_age_s=1.0)
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        old = node.get_clock().now().nanoseconds - 10 * 10**9
+        pub.publish(image_msg(_frame(), "rgb8", old))
+        assert ros.wait_for(lambda: node.counters.snapshot().get("stale", 0) == 1)
+        assert not masks
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", node.get_clock().now().nanoseconds),
+                              masks)
+    finally:
+        stop_node(node)
+
+
+def test_diagnostics_report_rates_latency_and_counters(ros, checkpoint):
+    node = start_node(ros, checkpoint, diagnostics_period_s=0.2)
+    try:
+        diags = ros.record(DiagnosticArray, "/diagnostics")
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", node.get_clock().now().nanoseconds),
+                              masks, 3)
+        pub.publish(_with(image_msg(_frame(), "rgb8", 1), encoding="yuv422"))
+
+        def latest():
+            for array_ in reversed(diags):
+                for status in array_.status:
+                    values = {kv.key: kv.value for kv in status.values}
+                    if int(values.get("rejected", 0)) >= 1 and int(values.get("published", 0)) >= 3:
+                        return status, values
+            return None
+
+        assert ros.wait_for(latest)
+        status, values = latest()
+        assert status.level == status.WARN and values["model"] == "eva02_tiny"
+        for key in ("input_rate_hz", "output_rate_hz", "latency_p50_ms", "latency_p95_ms", "dropped",
+                    "gpu_memory_mb", "rejected.image"):
+            assert key in values
+        assert 0.0 <= float(values["latency_p50_ms"]) < 60_000
+    finally:
+        stop_node(node)
+
+
+def test_node_in_its_own_process(ros, checkpoint, tmp_path):
+    """The installed ``vltseg_node`` executable, parameters from a YAML file, frames from this process."""
+    params = tmp_path / "params.yaml"
+    params.write_text(f"/**:\n  ros__parameters:\n    checkpoint: {checkpoint}\n    device: cpu\n")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros.domain_id))
+    exe = os.path.join(os.path.dirname(sys.executable), "vltseg_node")
+    proc = subprocess.Popen([exe, "--ros-args", "--params-file", str(params), "-r", "__ns:=/robot"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        masks = ros.record(Image, "/robot/vltseg/label_mask")
+        pub = ros.publisher(Image, "/robot/image", BEST_EFFORT)
+        ros.wait_matched(pub, timeout=60)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks, timeout=60)
+        assert masks[0].width == 100
+    finally:
+        proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert "loaded" in out, out
+    assert proc.returncode in (0, -15), out
+    assert rclpy.ok(context=ros.context)

@@ -1,0 +1,123 @@
+"""The node's parameters: one table with type, default, description and constraint per parameter.
+
+The table is the single source for declaration (with descriptors), validation, ``config/vltseg.yaml`` and the
+launch-file consistency test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+_ARRAY_TYPES = {
+    int: ParameterType.PARAMETER_INTEGER_ARRAY,
+    float: ParameterType.PARAMETER_DOUBLE_ARRAY,
+    str: ParameterType.PARAMETER_STRING_ARRAY,
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter."""
+
+    name: str
+    default: Any
+    description: str
+    kind: type  # element type; arrays have a list default
+    read_only: bool = False  # fixed once the node is configured (model-shape and topic parameters)
+    choices: Optional[Sequence[str]] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    length: Optional[int] = None  # exact array length
+
+    @property
+    def is_array(self) -> bool:
+        """Whether the parameter holds a list."""
+        return isinstance(self.default, list)
+
+    def descriptor(self) -> ParameterDescriptor:
+        """The ROS descriptor: type, description, constraints, range and read-only flag."""
+        constraints = []
+        if self.choices:
+            constraints.append("one of: " + ", ".join(self.choices))
+        if self.length:
+            constraints.append(f"exactly {self.length} values")
+        desc = ParameterDescriptor(
+            name=self.name,
+            type=(_ARRAY_TYPES if self.is_array else _TYPES)[self.kind],
+            description=self.description,
+            additional_constraints="; ".join(constraints),
+            read_only=self.read_only,
+        )
+        if not self.is_array and self.kind is float and self.low is not None:
+            desc.floating_point_range = [FloatingPointRange(from_value=self.low, to_value=self.high, step=0.0)]
+        elif not self.is_array and self.kind is int and self.low is not None:
+            desc.integer_range = [IntegerRange(from_value=int(self.low), to_value=int(self.high), step=0)]
+        return desc
+
+    def check(self, value: Any) -> Optional[str]:
+        """None when ``value`` is acceptable, else the reason it is not."""
+        values = list(value) if self.is_array else [value]
+        if self.length is not None and len(values) != self.length:
+            return f"{self.name}: expected {self.length} values, got {len(values)}"
+        for v in values:
+            if self.choices is not None and v not in self.choices:
+                return f"{self.name}: {v!r} is not one of {list(self.choices)}"
+            if self.low is not None and not self.low <= v <= self.high:
+                return f"{self.name}: {v} is outside [{self.low}, {self.high}]"
+        return None
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("checkpoint", "", "path of the .safetensors checkpoint (required; never downloaded)", str,
+              read_only=True),
+    ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N", str, read_only=True),
+    ParamSpec("precision", "fp32", "autocast precision", str, read_only=True, choices=("fp32", "bf16", "fp16")),
+    ParamSpec("compile", False, "torch.compile the network at configure time (slow start, faster frames)", bool,
+              read_only=True),
+    ParamSpec("inference.mode", "checkpoint", "checkpoint = the checkpoint's own settings; whole or slide override",
+              str, read_only=True, choices=("checkpoint", "whole", "slide")),
+    ParamSpec("inference.size", [512, 1024], "whole mode: network input [height, width]", int, read_only=True,
+              low=16, high=8192, length=2),
+    ParamSpec("inference.fit_size", [512, 1024], "slide mode: resize to fit [height, width] first", int,
+              read_only=True, low=16, high=8192, length=2),
+    ParamSpec("inference.window", 512, "slide mode: window size in pixels", int, read_only=True, low=16, high=8192),
+    ParamSpec("inference.stride", 426, "slide mode: window stride in pixels", int, read_only=True, low=1, high=8192),
+    ParamSpec("score_threshold", 0.3, "minimum detection score", float, low=0.0, high=1.0),
+    ParamSpec("class_filter", [], "class names to keep (empty = all); other classes become 255 in masks and are "
+                                  "dropped from detections", str),
+    ParamSpec("cameras", [""], "camera namespaces; '' = no namespace (topics image, camera_info). Frames that "
+                               "arrive together from several cameras share one forward pass", str, read_only=True),
+    ParamSpec("input_transport", "raw", "raw: sensor_msgs/Image on <camera>/image; compressed: CompressedImage on "
+                                        "<camera>/image/compressed", str, read_only=True, choices=("raw", "compressed")),
+    ParamSpec("use_camera_info", False, "subscribe to <camera>/camera_info and reject frames whose size disagrees",
+              bool, read_only=True),
+    ParamSpec("input_qos.reliability", "best_effort", "input QoS reliability (best_effort also matches reliable "
+                                                      "publishers)", str, read_only=True,
+              choices=("best_effort", "reliable")),
+    ParamSpec("input_qos.depth", 1, "input queue depth (1 = always the newest frame)", int, read_only=True,
+              low=1, high=100),
+    ParamSpec("output_qos.depth", 5, "output queue depth (reliable, volatile)", int, read_only=True, low=1, high=100),
+    ParamSpec("max_frame_age_s", 0.0, "drop frames older than this (node clock - header stamp); 0 = off", float,
+              low=0.0, high=3600.0),
+    ParamSpec("batch_timeout_ms", 10.0, "with several cameras: how long to wait for the other cameras' frames",
+              float, low=0.0, high=1000.0),
+    ParamSpec("publish.label_mask", True, "publish ~/label_mask (mono8 trainIds)", bool),
+    ParamSpec("publish.colored_mask", True, "publish ~/colored_mask (rgb8)", bool),
+    ParamSpec("publish.overlay", True, "publish ~/overlay (rgb8, computed only while subscribed)", bool),
+    ParamSpec("publish.detections", True, "publish ~/detections (vision_msgs/Detection2DArray)", bool),
+    ParamSpec("publish.confidence", False, "publish ~/confidence (32FC1, 0..1)", bool),
+    ParamSpec("overlay_alpha", 0.5, "mask opacity in the overlay", float, low=0.0, high=1.0),
+    ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", float, read_only=True,
+              low=0.05, high=60.0),
+    ParamSpec("autostart", True, "walk the lifecycle to active at start-up (plain ros2 run)", bool, read_only=True),
+)
+
+SPECS = {spec.name: spec for spec in PARAMETERS}
