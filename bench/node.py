@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Node vs bare predictor: end-to-end throughput and latency through DDS, as ratios measured in one run.
+
+1. The bare ``Predictor`` runs the frames back to back in this process (frames/s, ms per frame).
+2. ``vltseg_node`` runs the same checkpoint in its own process; this process publishes the same frames as raw
+   ``rgb8`` Images faster than the model can keep up (the node keeps the newest frame) and receives
+   ``~/label_mask``. Throughput = masks received per second; latency = receive time - header stamp.
+
+Target (issue #4): the node keeps >= 90 % of the predictor's throughput (tiny model, 512x1024, CPU).
+
+    python bench/node.py --size 512x1024 --seconds 20
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+
+
+def _write_checkpoint(path: str, model: str, height: int, width: int) -> None:
+    import torch
+
+    from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
+    from vltseg_ros.config import InferenceConfig, model_preset
+    from vltseg_ros.model import build_model
+
+    torch.manual_seed(0)
+    cfg = model_preset(model, ("seg", "det"))
+    save_checkpoint(path, build_model(cfg), CheckpointMeta(
+        model=cfg, inference=InferenceConfig(mode="whole", size=[height, width], fit_size=[height, width])))
+
+
+def bench_predictor(path: str, frames: list[np.ndarray], precision: str, seconds: float) -> list[float]:
+    """Seconds per frame of ``Predictor.predict`` on single frames, back to back."""
+    from vltseg_ros.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(path, precision=precision, score_threshold=0.3)
+    predictor.predict(frames[:1])
+    times = []
+    deadline = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < deadline or len(times) < 5:
+        start = time.perf_counter()
+        predictor.predict([frames[i % len(frames)]])
+        times.append(time.perf_counter() - start)
+        i += 1
+    return times
+
+
+def bench_node(path: str, frames: list[np.ndarray], precision: str, seconds: float, publish_hz: float,
+               domain: int) -> tuple[float, list[float], int]:
+    """(masks per second, latencies in s, frames published) for the node in its own process."""
+    from sensor_msgs.msg import Image
+
+    from ros_harness import RELIABLE, RosHarness, image_msg
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    exe = os.path.join(os.path.dirname(sys.executable), "vltseg_node")
+    node = subprocess.Popen([exe, "--ros-args", "-p", f"checkpoint:={path}", "-p", "device:=cpu",
+                             "-p", f"precision:={precision}", "-p", "publish.overlay:=false"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ros = RosHarness(domain_id=domain)
+    try:
+        received: list[float] = []
+        latencies: list[float] = []
+
+        def on_mask(msg):
+            now = time.time()
+            received.append(now)
+            latencies.append(now - (msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
+
+        ros.probe.create_subscription(Image, "/vltseg/label_mask", on_mask, RELIABLE)
+        pub = ros.publisher(Image, "/image", RELIABLE)
+        ros.wait_matched(pub, timeout=120)
+        messages = [image_msg(f, "rgb8", 0) for f in frames]
+        stop = threading.Event()
+        published = [0]
+
+        def publish():
+            period = 1.0 / publish_hz
+            next_time = time.perf_counter()
+            while not stop.is_set():
+                msg = messages[published[0] % len(messages)]
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 10**9)
+                pub.publish(msg)
+                published[0] += 1
+                next_time += period
+                time.sleep(max(0.0, next_time - time.perf_counter()))
+
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+        ros.wait_for(lambda: len(received) >= 2, timeout=60)
+        warm = len(received)
+        start = time.time()
+        time.sleep(seconds)
+        stop.set()
+        thread.join()
+        window = [t for t in received[warm:] if t <= start + seconds]
+        return len(window) / seconds, latencies[warm:warm + len(window)], published[0]
+    finally:
+        ros.close()
+        node.terminate()
+        node.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="eva02_tiny")
+    parser.add_argument("--size", default="512x1024", help="frame size HxW (also the network input)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per side")
+    parser.add_argument("--overdrive", type=float, default=1.2,
+                        help="publish rate / predictor rate (>1 keeps the node busy; the excess is dropped)")
+    parser.add_argument("--domain", type=int, default=77, help="ROS domain id for the run")
+    args = parser.parse_args()
+    height, width = (int(v) for v in args.size.split("x"))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.safetensors")
+        _write_checkpoint(path, args.model, height, width)
+        bare = bench_predictor(path, frames, args.precision, args.seconds)
+        bare_fps = 1.0 / statistics.median(bare)
+        node_fps, latencies, published = bench_node(
+            path, frames, args.precision, args.seconds, bare_fps * args.overdrive, args.domain)
+    lat = np.array(latencies) * 1000
+    bare_ms = np.array(bare) * 1000
+    print(f"# node vs predictor: {args.model}, {args.size} rgb8, {args.precision}, CPU, "
+          f"{args.seconds:.0f} s each, published {published} frames at {bare_fps * args.overdrive:.1f} Hz")
+    print("| path | frames/s | p50 ms | p95 ms |")
+    print("|---|---|---|---|")
+    print(f"| bare predictor | {bare_fps:.2f} | {np.percentile(bare_ms, 50):.1f} | {np.percentile(bare_ms, 95):.1f} |")
+    if len(lat):
+        print(f"| node over DDS (stamp -> mask received) | {node_fps:.2f} | {np.percentile(lat, 50):.1f} | "
+              f"{np.percentile(lat, 95):.1f} |")
+    ratio = node_fps / bare_fps
+    print(f"\nthroughput ratio node/predictor: {ratio:.2f} (target >= 0.90)")
+    if len(lat):
+        print(f"added latency p50: {np.percentile(lat, 50) - np.percentile(bare_ms, 50):.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
