@@ -37,12 +37,20 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7", "pytest-timeout"]},
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout"],
+        "train": ["pycocotools>=2.0.6", "matplotlib>=3.5", "tensorboard>=2.10"],
+    },
     zip_safe=True,
     entry_points={
         "console_scripts": [
             "vltseg = vltseg_ros.cli:main",
             "vltseg_node = vltseg_ros.node.node:main",
+        ],
+        "vltseg.commands": [
+            "synth = training.synth",
+            "train = training.train",
+            "eval = training.evaluate",
         ],
     },
 )

@@ -79,3 +79,79 @@ def _nanmean(values: np.ndarray) -> float:
 
 def _float(value: float) -> Optional[float]:
     return None if np.isnan(value) else float(value)
+
+
+class DetectionEvaluator:
+    """COCO-style box AP (AP@[.5:.95], AP50, AP75) through pycocotools, over the images processed so far.
+
+    Class ids are any integers (e.g. Cityscapes trainIds); boxes are xyxy pixels. Images with no ground-truth box
+    still count (their detections are false positives).
+    """
+
+    def __init__(self, class_names: dict[int, str]):
+        self.class_names = dict(class_names)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything processed so far."""
+        self._images: list[dict] = []
+        self._gt: list[dict] = []
+        self._dt: list[dict] = []
+
+    def process(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, gt_boxes: np.ndarray,
+                gt_labels: np.ndarray, height: int, width: int) -> None:
+        """Add one image: detections (xyxy, score, class id) and ground truth (xyxy, class id)."""
+        image_id = len(self._images) + 1
+        self._images.append({"id": image_id, "height": int(height), "width": int(width)})
+        for box, label in zip(np.asarray(gt_boxes, np.float64).reshape(-1, 4), np.asarray(gt_labels).reshape(-1)):
+            if int(label) not in self.class_names:
+                continue
+            x1, y1, x2, y2 = box.tolist()
+            self._gt.append({"id": len(self._gt) + 1, "image_id": image_id, "category_id": int(label),
+                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+        for box, score, label in zip(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores).reshape(-1),
+                                     np.asarray(labels).reshape(-1)):
+            if int(label) not in self.class_names:
+                continue
+            x1, y1, x2, y2 = box.tolist()
+            self._dt.append({"image_id": image_id, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "score": float(score)})
+
+    def evaluate(self) -> dict:
+        """AP, AP50, AP75 and per-class AP (NaN where a class has no ground truth)."""
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        nan = float("nan")
+        if not self._gt:
+            return {"AP": nan, "AP50": nan, "AP75": nan, "per_class": {}, "num_gt": 0, "num_det": len(self._dt)}
+        gt = COCO()
+        gt.dataset = {"images": self._images, "annotations": self._gt,
+                      "categories": [{"id": i, "name": n} for i, n in sorted(self.class_names.items())]}
+        _quiet(gt.createIndex)
+        dt = _quiet(gt.loadRes, self._dt) if self._dt else COCO()
+        if not self._dt:
+            dt.dataset = {"images": self._images, "annotations": [], "categories": gt.dataset["categories"]}
+            _quiet(dt.createIndex)
+        coco_eval = COCOeval(gt, dt, iouType="bbox")
+        coco_eval.params.maxDets = [1, 10, 100]
+        _quiet(coco_eval.evaluate)
+        _quiet(coco_eval.accumulate)
+        _quiet(coco_eval.summarize)
+        precision = coco_eval.eval["precision"]  # [iou, recall, class, area, maxdet]
+        per_class = {}
+        for k, class_id in enumerate(coco_eval.params.catIds):
+            p = precision[:, :, k, 0, -1]
+            per_class[self.class_names[class_id]] = float(p[p > -1].mean()) if (p > -1).any() else None
+        stats = coco_eval.stats
+        return {"AP": float(stats[0]), "AP50": float(stats[1]), "AP75": float(stats[2]), "per_class": per_class,
+                "num_gt": len(self._gt), "num_det": len(self._dt)}
+
+
+def _quiet(fn, *args):
+    """Run a pycocotools call without its progress prints."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args)

@@ -1,0 +1,227 @@
+"""Training configuration: YAML files in ``training/configs/`` plus ``--set key=value`` overrides, validated once.
+
+Defaults are the paper's recipe (method.md §2): AdamW lr 1e-4 with the encoder at x0.1, weight decay 0.05 (none on
+norms, biases, position embedding, queries and level embeddings), global-norm gradient clipping at 0.01, poly(0.9)
+decay after 500 constant iterations, drop path 0.2, bf16 autocast.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from vltseg_ros.config import ConfigError, InferenceConfig, validate_inference_config
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset split: a reader name from ``training.datasets.DATASETS``, its root and split, and options."""
+
+    name: str = "cityscapes"
+    root: str = ""
+    split: str = "train"
+    label: str = ""  # display name in reports; defaults to name/split
+    options: dict[str, Any] = field(default_factory=dict)  # extra reader kwargs (e.g. conditions, mapping)
+
+    @property
+    def title(self) -> str:
+        """Display name."""
+        return self.label or f"{self.name}/{self.split}"
+
+
+@dataclass
+class ModelSpec:
+    """The network: a preset (encoder name), heads, optional config overrides and pretrained encoder weights."""
+
+    preset: str = "eva02_l14"
+    heads: list[str] = field(default_factory=lambda: ["seg"])
+    drop_path_rate: Optional[float] = None  # None = the preset's (0.2)
+    overrides: dict[str, Any] = field(default_factory=dict)  # nested ModelConfig fields, e.g. {seg_head: {...}}
+    pretrained: Optional[str] = None  # local file or open_clip tag (see vltseg checkpoint new --pretrained)
+    init_checkpoint: Optional[str] = None  # start from a vltseg checkpoint (e.g. the Mapillary-then-CS schedule)
+
+
+@dataclass
+class DataSpec:
+    """Training and validation data and the augmentation pipeline."""
+
+    train: DatasetSpec = field(default_factory=DatasetSpec)
+    val: list[DatasetSpec] = field(default_factory=list)
+    resize: Optional[list[int]] = None  # [W, H] exact resize before cropping (GTA5: [1280, 720]); None = keep
+    crop_size: list[int] = field(default_factory=lambda: [512, 512])  # [H, W]
+    cat_max_ratio: float = 0.75
+    flip_prob: float = 0.5
+    photometric: bool = True
+    workers: int = 4
+    val_limit: int = 0  # evaluate at most this many images per val set during training (0 = all)
+
+
+@dataclass
+class OptimSpec:
+    """Optimiser and learning-rate schedule."""
+
+    lr: float = 1e-4
+    encoder_lr_mult: float = 0.1
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 0.01  # global L2 norm; 0 = off
+    poly_power: float = 0.9
+    poly_begin: int = 500  # constant lr before this iteration (mmengine PolyLR begin=500)
+    layer_decay: float = 1.0  # layer-wise lr decay over encoder blocks (1.0 = off, the paper's setting)
+    freeze_blocks: int = 0  # freeze the first N encoder blocks (+ patch embedding) for the whole run
+    frozen_warmup_iters: int = 0  # train with the whole encoder frozen for this many iterations first
+
+
+@dataclass
+class ScheduleSpec:
+    """Iterations, batch, checkpointing, evaluation and logging intervals."""
+
+    iterations: int = 5000
+    batch_size: int = 16  # global batch per optimiser step (all GPUs x accumulation)
+    accum_steps: int = 1
+    checkpoint_interval: int = 500
+    keep_last: int = 3
+    eval_interval: int = 1000
+    log_interval: int = 20
+    image_log_interval: int = 500
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs."""
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    precision: str = "bf16"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(cls) and isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    hints = {"train": DatasetSpec, "model": ModelSpec, "data": DataSpec, "optim": OptimSpec,
+             "schedule": ScheduleSpec, "inference": InferenceConfig}
+    kwargs = {}
+    for key, value in data.items():
+        nested = hints.get(key)
+        if key == "val" and cls is DataSpec:
+            kwargs[key] = [_build(DatasetSpec, v, f"{where}.val[{i}]") for i, v in enumerate(value or [])]
+        elif nested is not None:
+            kwargs[key] = _build(nested, value, f"{where}.{key}")
+        else:
+            kwargs[key] = _coerce(fields[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
+    """Give scalars the type of the field's default (YAML reads ``2e-4`` as a string, ``1`` as an int)."""
+    default = spec.default
+    if value is None or default is dataclasses.MISSING or default is None or isinstance(default, bool):
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(default, int) and not isinstance(default, float):
+            if number != int(number):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Build and validate a TrainConfig from nested dicts (YAML)."""
+    cfg = _build(TrainConfig, data, "config")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str, overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Read a YAML config (``base: other.yaml`` inherits, relative to the file) and apply ``key=value`` overrides."""
+    data = _read_yaml(path)
+    for item in overrides or []:
+        apply_override(data, item)
+    return config_from_dict(data)
+
+
+def _read_yaml(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    base = data.pop("base", None)
+    if base:
+        merged = _read_yaml(os.path.join(os.path.dirname(path), base))
+        _merge(merged, data)
+        data = merged
+    return data
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def apply_override(data: dict, item: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to nested dicts in place."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part} is not a mapping")
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    """Plain-data form (for checkpoints' provenance and the run directory's config.yaml)."""
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError for values that cannot work."""
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision: fp32, bf16 or fp16, got {cfg.precision!r}")
+    s = cfg.schedule
+    if s.iterations < 1 or s.batch_size < 1 or s.accum_steps < 1:
+        raise ConfigError("schedule: iterations, batch_size and accum_steps must be >= 1")
+    if s.checkpoint_interval < 1 or s.eval_interval < 0 or s.keep_last < 1:
+        raise ConfigError("schedule: checkpoint_interval >= 1, eval_interval >= 0, keep_last >= 1")
+    if len(cfg.data.crop_size) != 2 or min(cfg.data.crop_size) < 16:
+        raise ConfigError(f"data.crop_size: [H, W] of at least 16, got {cfg.data.crop_size}")
+    if cfg.data.resize is not None and len(cfg.data.resize) != 2:
+        raise ConfigError(f"data.resize: [W, H] or null, got {cfg.data.resize}")
+    if not cfg.data.train.root:
+        raise ConfigError("data.train.root: the training dataset's directory is required")
+    if not set(cfg.model.heads) <= {"seg", "det"} or not cfg.model.heads:
+        raise ConfigError(f"model.heads: seg and/or det, got {cfg.model.heads}")
+    if not 0 < cfg.optim.layer_decay <= 1:
+        raise ConfigError("optim.layer_decay must be in (0, 1]")
+    validate_inference_config(cfg.inference)
