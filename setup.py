@@ -40,6 +40,7 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],
         "train": ["pycocotools>=2.0.6", "matplotlib>=3.5", "tensorboard>=2.10"],
+        "export": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
     zip_safe=True,
     entry_points={

@@ -118,6 +118,28 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+
+    model, meta = load_checkpoint(args.checkpoint)
+    size = args.size or (meta.inference.size if meta.inference.mode == "whole" else [meta.inference.window] * 2)
+    patch = model.patch_size
+    size = [max(patch, round(s / patch) * patch) for s in size]
+    report = export_onnx(model, meta, args.out, size[0], size[1], batch=args.batch, opset=args.opset)
+    print(json.dumps(report, indent=1))
+    worst = max((e for e in report["max_abs_error"].values() if e is not None), default=0.0)
+    seg_error = report["max_abs_error"].get("seg_scores")
+    print(f"wrote {args.out}: input {size[0]}x{size[1]} (normalised RGB), "
+          f"{'dynamic batch' if report['dynamic_batch'] else f'batch {args.batch}'}; onnxruntime vs PyTorch "
+          f"max abs error {worst:.2e}" + (f" (seg scores {seg_error:.2e})" if seg_error is not None else ""))
+    mismatched = [k for k, v in report["max_abs_error"].items() if v is None]
+    if mismatched:
+        print(f"vltseg: error: onnxruntime output shapes differ for {mismatched}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vltseg`` argument parser."""
     parser = argparse.ArgumentParser(prog="vltseg", description=__doc__)
@@ -150,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     predict.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.3)
     predict.set_defaults(func=_predict)
+
+    export = commands.add_parser("export", help="export the network to ONNX and check it with onnxruntime")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--onnx", dest="out", required=True, help="output .onnx path")
+    export.add_argument("--size", type=_size, help="input HxW (default: the checkpoint's whole-image size or "
+                                                   "window), rounded to the patch size")
+    export.add_argument("--batch", type=int, default=1, help="batch of graphs with a detection head (fixed)")
+    export.add_argument("--opset", type=int, default=17)
+    export.set_defaults(func=_export)
 
     for entry in sorted(_plugin_entry_points(), key=lambda e: e.name):
         module = entry.load()
