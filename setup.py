@@ -47,11 +47,14 @@ setup(
         "console_scripts": [
             "vltseg = vltseg_ros.cli:main",
             "vltseg_node = vltseg_ros.node.node:main",
+            "vltseg_eval_node = vltseg_ros.node.evaluator:main",
         ],
         "vltseg.commands": [
             "synth = training.synth",
             "train = training.train",
             "eval = training.evaluate",
+            "bag = training.bag_cli",
+            "demo = training.demo",
         ],
     },
 )

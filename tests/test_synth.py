@@ -147,15 +147,15 @@ def test_write_split_writes_the_cityscapes_layout(tmp_path):
 
 
 def test_write_split_with_workers_matches_serial(tmp_path):
-    args = (10, 9, *SIZE, "synthetic")
-    synth.write_split(str(tmp_path / "serial"), "train", *args)
-    synth.write_split(str(tmp_path / "parallel"), "train", *args, city="c", workers=2)
-    for i in (0, 8):
-        a = cv2.imread(str(tmp_path / "serial/gtFine/train/synthetic_clear"
-                           / f"synthetic_clear_{i:06d}_000019_gtFine_instanceIds.png"), cv2.IMREAD_UNCHANGED)
-        b = cv2.imread(str(tmp_path / f"parallel/gtFine/train/c/c_{i:06d}_000019_gtFine_instanceIds.png"),
-                       cv2.IMREAD_UNCHANGED)
-        np.testing.assert_array_equal(a, b)
+    args = (10, 9, *SIZE, "realistic", "snow")
+    assert synth.write_split(str(tmp_path / "serial"), "train", *args, city="c") == 10
+    assert synth.write_split(str(tmp_path / "parallel"), "train", *args, city="c", workers=2) == 10
+    for i in (0, 9):
+        for path in (f"leftImg8bit/train/c/c_{i:06d}_000019_leftImg8bit.png",
+                     f"gtFine/train/c/c_{i:06d}_000019_gtFine_instanceIds.png"):
+            serial = cv2.imread(str(tmp_path / "serial" / path), cv2.IMREAD_UNCHANGED)
+            parallel = cv2.imread(str(tmp_path / "parallel" / path), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(serial, parallel)
 
 
 def test_write_benchmark_writes_source_and_targets_with_disjoint_seeds(tmp_path):

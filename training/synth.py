@@ -31,13 +31,13 @@ from typing import Iterable, Optional, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from vltseg_ros.cli import _size
 from vltseg_ros.labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_ID_TO_TRAINID,
     CITYSCAPES_PALETTE,
-    CITYSCAPES_THING_CLASSES,
     lookup_table,
 )
 
@@ -51,7 +51,6 @@ _TERRAIN, _SKY, _PERSON, _RIDER, _CAR = (_LABEL[n] for n in ("terrain", "sky", "
 _TRUCK, _BUS, _TRAIN = (_LABEL[n] for n in ("truck", "bus", "train"))
 _MOTORCYCLE, _BICYCLE = _LABEL["motorcycle"], _LABEL["bicycle"]
 _EGO_VEHICLE = 1  # Cityscapes labelId "ego vehicle": not a train class, so it exercises the 255 ignore path
-_THINGS = frozenset(_LABEL[name] for name in CITYSCAPES_THING_CLASSES)
 _TRAIN_LUT = lookup_table(CITYSCAPES_ID_TO_TRAINID)
 _PALETTE = np.asarray(CITYSCAPES_PALETTE, np.float32)
 
@@ -275,8 +274,7 @@ _MATERIALS: dict[str, _Material] = {
     "helmet": _Material(((22, 22, 22), (232, 232, 232), (202, 42, 42), (40, 60, 140)), 0.05, "metal", 64, 0.05),
     "hood": _Material(((22, 22, 24), (202, 202, 206), (62, 72, 82)), 0.04, "metal", 32, 0.05),
 }
-_MATERIAL_NAMES = tuple(_MATERIALS)
-_MATERIAL_INDEX = {name: i for i, name in enumerate(_MATERIAL_NAMES)}
+_MATERIAL_INDEX = {name: i for i, name in enumerate(_MATERIALS)}
 _TEXTURES = ("none", "asphalt", "paving", "concrete", "plaster", "brick", "grass", "foliage", "bark", "fabric",
              "metal")
 _TEX_SIZE = 128  # power of two: texel indices wrap with a bit mask
@@ -398,6 +396,7 @@ class _Scene:
 
     def __init__(self, cam: _Camera):
         self.cam = cam
+        self.eye = np.array([cam.x, cam.h, 0.0])  # camera centre in world coordinates
         self.raster = _Raster(cam)
         self.label: list[int] = [_SKY]
         self.inst: list[int] = [_SKY]
@@ -435,26 +434,24 @@ class _Scene:
         """Draw coplanar world contours as one surface; returns its id, or None when out of view."""
         first = contours[0]
         normal = _newell(first)
-        if normal @ (np.array([self.cam.x, self.cam.h, 0.0]) - first.mean(0)) < 0:
+        if normal @ (self.eye - first.mean(0)) < 0:
             normal = -normal
         sid = self._surface(label, label if inst is None else inst, material, group, normal)
         drawn = self.raster.fill(sid, [self.cam.to_camera(c) for c in contours], union=union)
         return sid if drawn else None
 
-    def decal(self, parent: Optional[int], contours: Sequence[np.ndarray] | np.ndarray, material: str,
-              union: bool = False) -> Optional[int]:
-        """Recolour part of a drawn surface (windows, markings, lights); labels stay the parent's."""
+    def decal(self, parent: Optional[int], contours: Sequence[np.ndarray], material: str) -> None:
+        """Recolour disjoint parts of a drawn surface (windows, markings, lights); labels stay the parent's."""
         if parent is None or len(contours) == 0:
-            return None
+            return
         sid = self._surface(self.label[parent], self.inst[parent], material, self.group[parent], self.normal[parent])
-        self.raster.fill(sid, [self.cam.to_camera(c) for c in contours], parent=parent, union=union)
-        return sid
+        self.raster.fill(sid, [self.cam.to_camera(c) for c in contours], parent=parent)
 
     def solid(self, verts: np.ndarray, materials: dict[str, str] | str, label: int, group: int,
-              inst: Optional[int] = None, faces: dict[str, tuple[int, ...]] = _PRISM_FACES) -> dict[str, np.ndarray]:
+              inst: Optional[int] = None,
+              faces: dict[str, tuple[int, ...]] = _PRISM_FACES) -> dict[str, tuple[int, np.ndarray]]:
         """Draw the camera-facing faces of a convex solid; returns {face name: (sid, world quad)} of drawn faces."""
         centre = verts.mean(0)
-        eye = np.array([self.cam.x, self.cam.h, 0.0])
         drawn = {}
         for name, idx in faces.items():
             material = materials if isinstance(materials, str) else materials.get(name)
@@ -465,7 +462,7 @@ class _Scene:
             mid = quad.mean(0)
             if normal @ (mid - centre) < 0:
                 normal = -normal
-            if normal @ (eye - mid) <= 1e-9:
+            if normal @ (self.eye - mid) <= 1e-9:
                 continue  # back face
             sid = self._surface(label, label if inst is None else inst, material, group, normal)
             if self.raster.fill(sid, [self.cam.to_camera(quad)]):
@@ -856,8 +853,10 @@ class _Street:
             outline = _ellipse(0, 0, s, s, 8, math.pi / 8, math.pi / 8 + 2 * math.pi)
         else:
             outline = np.array([[-2.2 * s, -s], [2.2 * s, -s], [2.2 * s, s], [-2.2 * s, s]])
-        world = lambda pts: np.column_stack([centre[0] + pts[:, 0], centre[1] + pts[:, 1],  # noqa: E731
-                                             np.full(len(pts), centre[2])])
+
+        def world(pts: np.ndarray) -> np.ndarray:
+            return np.column_stack([centre[0] + pts[:, 0], centre[1] + pts[:, 1], np.full(len(pts), centre[2])])
+
         if r.random() < 0.2:
             sc.poly([world(outline)], _SIGN, "sign_back", pole_group)
             return
@@ -867,17 +866,15 @@ class _Street:
                                                                    "sign_white")}[shape]
         if shape == "circle" and r.random() < 0.4:
             scheme = ("sign_blue", "sign_white")
-        g = sc.new_group()
-        sid = sc.poly([world(outline)], _SIGN, scheme[0], g)
-        inner = outline * (0.72 if shape != "board" else 0.0)
-        if shape == "board":
-            inner = np.concatenate([np.array([[-1.8 * s, y - 0.05], [1.4 * s, y - 0.05], [1.4 * s, y + 0.05],
-                                              [-1.8 * s, y + 0.05]]) for y in (-0.4 * s, 0.1 * s, 0.55 * s)])
-            sc.decal(sid, [world(inner[i:i + 4]) for i in range(0, 12, 4)], scheme[1])
-        elif shape == "square":
-            sc.decal(sid, [world(_limb((0, -0.5 * s), (0, 0.55 * s), 0.35 * s))], scheme[1])
+        sid = sc.poly([world(outline)], _SIGN, scheme[0], sc.new_group())
+        if shape == "board":  # lines of text
+            inner = [np.array([[-1.8, y - 0.12], [1.4, y - 0.12], [1.4, y + 0.12], [-1.8, y + 0.12]]) * s
+                     for y in (-0.4, 0.1, 0.55)]
+        elif shape == "square":  # a bar ("one way", "parking")
+            inner = [_limb((0, -0.5 * s), (0, 0.55 * s), 0.35 * s)]
         else:
-            sc.decal(sid, [world(inner)], scheme[1])
+            inner = [outline * 0.72]
+        sc.decal(sid, [world(p) for p in inner], scheme[1])
 
     def light(self, side: int, x: float, z: float, overhead: bool = False, facing: bool = True) -> None:
         """Traffic light on a pole (optionally on a mast arm over the road); seen from the back if not facing."""
@@ -1026,8 +1023,8 @@ class _Street:
                     hub = _ellipse(a, wheel_r, wheel_r * 0.55, wheel_r * 0.55, 10)
                     sc.decal(sid, [pose(hub[:, 0], hub[:, 1], s * (w / 2 + 0.02))], "chrome")
         if kind == "truck":
-            cargo = sc.solid(_prism(pose, (-half, half - 2.5), (-w / 2 - 0.03, w / 2 + 0.03), (body, r.uniform(3.2, 3.8))),
-                             paint, label, g, inst)
+            box = _prism(pose, (-half, half - 2.5), (-w / 2 - 0.03, w / 2 + 0.03), (body, r.uniform(3.2, 3.8)))
+            cargo = sc.solid(box, paint, label, g, inst)
             if "back" in cargo:
                 sc.decal(cargo["back"][0], [_inset(cargo["back"][1], 0.495, 0.505, 0.02, 0.98)], "trim")
         if cab is not None:
@@ -1128,79 +1125,81 @@ class _Street:
                              heading=r.choice([-math.pi / 2, math.pi / 2]), rider=False)
 
     def person(self, base: np.ndarray, side_view: bool) -> None:
+        """Pedestrian silhouette: walking in profile (crossing) or seen from the front / back (on the sidewalk)."""
         sc, r = self.scene, self.rng
         height = r.uniform(1.5, 1.95)
         s = height / 1.75
-        g = sc.new_group()
-        parts: list[tuple[str, list[np.ndarray]]] = []
         hip, shoulder = 0.52 * height, 0.8 * height
         stride = r.uniform(0, 0.3) * s
-        coat = r.random() < 0.25
+        hem = hip - (r.uniform(0.2, 0.3) * s if r.random() < 0.25 else 0.0)  # coats reach below the hip
+        parts: list[tuple[str, list[np.ndarray]]]
         if side_view:
             d = r.choice([-1, 1])
-            parts += [("bottom", [_limb((0, hip), (-d * stride, 0.05), 0.15 * s, 0.1 * s)]),
-                      ("top", [_limb((0, shoulder), (d * stride * 0.6, hip * 0.95), 0.09 * s, 0.07 * s)]),
-                      ("top", [np.array([[-0.1 * s, hip - (0.2 * s if coat else 0)], [0.11 * s, hip - (0.2 * s if coat
-                                                                                                       else 0)],
-                                         [0.12 * s, shoulder + 0.02], [-0.1 * s, shoulder + 0.02]])]),
-                      ("bottom", [_limb((0, hip), (d * stride, 0.05), 0.15 * s, 0.1 * s)]),
-                      ("shoe", [np.array([[d * stride - 0.06, 0], [d * stride + d * 0.16 * s, 0],
-                                          [d * stride + d * 0.1, 0.07], [d * stride - 0.06, 0.07]])]),
-                      ("top", [_limb((0, shoulder), (-d * stride * 0.6, hip * 0.95), 0.09 * s, 0.07 * s)])]
+
+            def leg(foot: float) -> np.ndarray:
+                return _limb((0, hip), (foot, 0.05), 0.15 * s, 0.1 * s)
+
+            def arm(hand: float) -> np.ndarray:
+                return _limb((0, shoulder), (hand, hip * 0.95), 0.09 * s, 0.07 * s)
+
+            shoe = np.array([[-0.06, 0], [0.16 * s, 0], [0.1, 0.07], [-0.06, 0.07]]) * (d, 1) + (d * stride, 0)
+            torso = np.array([[-0.1 * s, hem], [0.11 * s, hem], [0.12 * s, shoulder + 0.02],
+                              [-0.1 * s, shoulder + 0.02]])
+            parts = [("bottom", [leg(-d * stride)]), ("top", [arm(d * stride * 0.6)]), ("top", [torso]),
+                     ("bottom", [leg(d * stride)]), ("shoe", [shoe]), ("top", [arm(-d * stride * 0.6)])]
             head_x = d * 0.02
         else:
             spread = 0.09 * s
-            parts += [("bottom", [_limb((-spread, hip), (-spread - r.uniform(0, 0.04), 0.05), 0.15 * s, 0.11 * s),
-                                  _limb((spread, hip), (spread + r.uniform(0, 0.04), 0.05), 0.15 * s, 0.11 * s)]),
-                      ("shoe", [np.array([[x - 0.06, 0], [x + 0.06, 0], [x + 0.06, 0.06], [x - 0.06, 0.06]])
-                                for x in (-spread, spread)]),
-                      ("top", [np.array([[-0.17 * s, hip - (0.25 * s if coat else 0)],
-                                         [0.17 * s, hip - (0.25 * s if coat else 0)], [0.21 * s, shoulder],
-                                         [0.12 * s, shoulder + 0.05], [-0.12 * s, shoulder + 0.05],
-                                         [-0.21 * s, shoulder]]),
-                               _limb((-0.2 * s, shoulder - 0.02), (-0.25 * s, hip * 0.9), 0.09 * s, 0.07 * s),
-                               _limb((0.2 * s, shoulder - 0.02), (0.25 * s, hip * 0.9), 0.09 * s, 0.07 * s)])]
-            head_x = 0.0
+            legs = [_limb((k * spread, hip), (k * (spread + r.uniform(0, 0.04)), 0.05), 0.15 * s, 0.11 * s)
+                    for k in (-1, 1)]
+            shoes = [np.array([[-0.06, 0], [0.06, 0], [0.06, 0.06], [-0.06, 0.06]]) + (k * spread, 0) for k in (-1, 1)]
+            torso = np.array([[-0.17 * s, hem], [0.17 * s, hem], [0.21 * s, shoulder], [0.12 * s, shoulder + 0.05],
+                              [-0.12 * s, shoulder + 0.05], [-0.21 * s, shoulder]])
+            arms = [_limb((k * 0.2 * s, shoulder - 0.02), (k * 0.25 * s, hip * 0.9), 0.09 * s, 0.07 * s)
+                    for k in (-1, 1)]
+            parts = [("bottom", legs), ("shoe", shoes), ("top", [torso] + arms)]
             if r.random() < 0.25:
-                parts.append(("top", [np.array([[-0.14 * s, hip + 0.1], [0.14 * s, hip + 0.1], [0.14 * s, shoulder - 0.05],
-                                                [-0.14 * s, shoulder - 0.05]])]))
+                backpack = np.array([[-0.14, hip + 0.1], [0.14, hip + 0.1], [0.14, shoulder - 0.05],
+                                     [-0.14, shoulder - 0.05]]) * (s, 1)
+                parts.append(("top", [backpack]))
+            head_x = 0.0
         parts += [("skin", [_limb((head_x, shoulder), (head_x, shoulder + 0.06), 0.07 * s),
                             _ellipse(head_x, height - 0.11 * s, 0.085 * s, 0.115 * s)]),
                   ("hair", [_ellipse(head_x, height - 0.09 * s, 0.09 * s, 0.09 * s, 10, 0, math.pi)])]
-        sc.billboard(base, parts, _PERSON, g, sc.new_instance(_PERSON))
+        sc.billboard(base, parts, _PERSON, sc.new_group(), sc.new_instance(_PERSON))
         sc.casters.append(np.array([base + (dx, dy, 0) for dx in (-0.25, 0.25) for dy in (0, height)]))
 
     def two_wheeler(self, base: np.ndarray, motor: bool, heading: float, rider: bool = True) -> None:
         """Bicycle or motorcycle, with or without a rider; side view when crossing, else rear / front view."""
-        sc, r = self.scene, self.rng
+        sc = self.scene
         label = _MOTORCYCLE if motor else _BICYCLE
         g = sc.new_group()
         to_cam = self.cam.to_camera(np.array([[0.0, 0, 0], [math.sin(heading), 0, math.cos(heading)]]))
         side_view = abs(to_cam[1, 0] - to_cam[0, 0]) > 0.5
-        d = 1 if to_cam[1, 0] > to_cam[0, 0] else -1
+        d = 1 if to_cam[1, 0] > to_cam[0, 0] else -1  # +1: the front points right in the image
         parts: list[tuple[str, list[np.ndarray]]]
         if side_view:
             wr = 0.31 if motor else 0.34
-            wheels = [d * 0.7 if motor else d * 0.52, -d * 0.7 if motor else -d * 0.52]
+            wheels = [d * (0.7 if motor else 0.52), -d * (0.7 if motor else 0.52)]  # front, rear
             if motor:
                 body = np.array([[-0.55, 0.4], [0.45, 0.4], [0.55, 0.72], [0.35, 0.95], [0.0, 0.88], [-0.35, 0.85],
                                  [-0.72, 0.78]]) * (d, 1)
-                parts = [("tire", [_ellipse(x, wr, wr, wr, 14) for x in wheels]),
-                         ("chrome", [_ellipse(x, wr, wr * 0.55, wr * 0.55, 10) for x in wheels]
-                          + [_limb((d * 0.45, 0.95), (wheels[0], wr), 0.06), _limb((-d * 0.1, 0.35), (-d * 0.8, 0.45),
-                                                                                   0.08)]),
+                hubs = [_ellipse(x, wr, wr * 0.55, wr * 0.55, 10) for x in wheels]
+                fork = _limb((d * 0.45, 0.95), (wheels[0], wr), 0.06)
+                exhaust = _limb((-d * 0.1, 0.35), (-d * 0.8, 0.45), 0.08)
+                parts = [("tire", [_ellipse(x, wr, wr, wr, 14) for x in wheels]), ("chrome", hubs + [fork, exhaust]),
                          ("moto", [body])]
                 seat, bar = (-d * 0.2, 0.9), (d * 0.4, 1.05)
             else:
+                # each tyre is one even-odd contour: the outer circle, then the inner one reversed
+                tyres = [np.concatenate([_ellipse(x, wr, wr, wr, 16), _ellipse(x, wr, wr - 0.05, wr - 0.05, 16)[::-1]])
+                         for x in wheels]
                 bb, seat_t, head_t, head_b = (0.0, 0.3), (-d * 0.12, 0.85), (d * 0.4, 0.85), (d * 0.45, 0.7)
-                rear, front = (wheels[1], wr), (wheels[0], wr)
-                tubes = [_limb(a, b, 0.04) for a, b in ((bb, seat_t), (seat_t, head_t), (bb, head_b), (rear, bb),
-                                                        (rear, seat_t), (head_b, front), (head_t, (d * 0.38, 1.0)))]
-                parts = [("tire", [np.concatenate([_ellipse(x, wr, wr, wr, 16), _ellipse(x, wr, wr - 0.05, wr - 0.05,
-                                                                                           16)[::-1]])
-                                   for x in wheels]),
-                         ("frame", tubes + [_limb((d * 0.3, 1.0), (d * 0.45, 1.0), 0.04),
-                                            _limb((-d * 0.2, 0.9), (-d * 0.02, 0.9), 0.05)])]
+                front, rear = (wheels[0], wr), (wheels[1], wr)
+                joints = ((bb, seat_t), (seat_t, head_t), (bb, head_b), (rear, bb), (rear, seat_t), (head_b, front),
+                          (head_t, (d * 0.38, 1.0)), ((d * 0.3, 1.0), (d * 0.45, 1.0)))
+                saddle = _limb((-d * 0.2, 0.9), (-d * 0.02, 0.9), 0.05)
+                parts = [("tire", tyres), ("frame", [_limb(a, b, 0.04) for a, b in joints] + [saddle])]
                 seat, bar = (-d * 0.12, 0.92), (d * 0.38, 1.0)
         else:
             w = 0.16 if motor else 0.05
@@ -1220,6 +1219,7 @@ class _Street:
 
     def rider(self, base: np.ndarray, seat: tuple[float, float], bar: tuple[float, float], side_view: bool, d: int,
               motor: bool) -> None:
+        """Seated rider on the two-wheeler at ``base`` (seat and handlebar in its billboard metres)."""
         sc, r = self.scene, self.rng
         s = r.uniform(0.92, 1.08)
         g = sc.new_group()
@@ -1228,13 +1228,11 @@ class _Street:
         if side_view:
             shoulder = (sx + d * 0.25 * s, sy + 0.52 * s)
             knee = (sx + d * 0.35 * s, sy + (0.02 if motor else 0.05))
-            parts = [("bottom", [_limb((sx, sy), knee, 0.16 * s, 0.12 * s), _limb(knee, (sx + d * 0.2, 0.3), 0.12 * s,
-                                                                                   0.1 * s)]),
-                     ("top", [_limb((sx, sy - 0.02), shoulder, 0.26 * s, 0.3 * s),
-                              _limb(shoulder, bar, 0.09 * s, 0.07 * s)]),
-                     ("skin", [_ellipse(shoulder[0] + d * 0.06, shoulder[1] + 0.16 * s, 0.085 * s, 0.11 * s)]),
-                     (head_mat, [_ellipse(shoulder[0] + d * 0.05, shoulder[1] + 0.19 * s, 0.11 * s, 0.1 * s, 10, 0,
-                                          math.pi)])]
+            legs = [_limb((sx, sy), knee, 0.16 * s, 0.12 * s), _limb(knee, (sx + d * 0.2, 0.3), 0.12 * s, 0.1 * s)]
+            body = [_limb((sx, sy - 0.02), shoulder, 0.26 * s, 0.3 * s), _limb(shoulder, bar, 0.09 * s, 0.07 * s)]
+            hx, hy = shoulder[0] + d * 0.06, shoulder[1] + 0.16 * s
+            parts = [("bottom", legs), ("top", body), ("skin", [_ellipse(hx, hy, 0.085 * s, 0.11 * s)]),
+                     (head_mat, [_ellipse(hx, hy + 0.03 * s, 0.11 * s, 0.1 * s, 10, 0, math.pi)])]
         else:
             top = sy + 0.6 * s
             parts = [("bottom", [_limb((-0.14 * s, sy), (-0.2 * s, 0.15), 0.14 * s, 0.11 * s),
@@ -1262,19 +1260,28 @@ class _Street:
 # Appearance: styles and conditions over the G-buffer
 
 _SRGB_GAMMA = 2.2
-_MAT_TABLE = {
-    "colors": np.zeros((len(_MATERIALS), max(len(m.colors) for m in _MATERIALS.values()), 3), np.float32),
-    "count": np.array([len(m.colors) for m in _MATERIALS.values()]),
-    "jitter": np.array([m.jitter for m in _MATERIALS.values()], np.float32),
-    "texture": np.array([_TEXTURES.index(m.texture) for m in _MATERIALS.values()]),
-    "scale": np.array([m.scale for m in _MATERIALS.values()], np.float32),
-    "amp": np.array([m.amp for m in _MATERIALS.values()], np.float32),
-    "glow": np.array([m.glow for m in _MATERIALS.values()], np.float32),
-    "wet": np.array([m.wet for m in _MATERIALS.values()], np.float32),
-    "snow": np.array([m.snow for m in _MATERIALS.values()], np.float32),
-}
-for _i, _m in enumerate(_MATERIALS.values()):
-    _MAT_TABLE["colors"][_i, : len(_m.colors)] = np.asarray(_m.colors, np.float32) / 255
+
+
+def _material_table() -> dict[str, np.ndarray]:
+    """Material properties as arrays indexed by material id, for vectorised shading (colours in sRGB 0-1)."""
+    mats = list(_MATERIALS.values())
+    colors = np.zeros((len(mats), max(len(m.colors) for m in mats), 3), np.float32)
+    for i, m in enumerate(mats):
+        colors[i, : len(m.colors)] = np.asarray(m.colors, np.float32) / 255
+    return {
+        "colors": colors,
+        "count": np.array([len(m.colors) for m in mats]),
+        "jitter": np.array([m.jitter for m in mats], np.float32),
+        "texture": np.array([_TEXTURES.index(m.texture) for m in mats]),
+        "scale": np.array([m.scale for m in mats], np.float32),
+        "amp": np.array([m.amp for m in mats], np.float32),
+        "glow": np.array([m.glow for m in mats], np.float32),
+        "wet": np.array([m.wet for m in mats], np.float32),
+        "snow": np.array([m.snow for m in mats], np.float32),
+    }
+
+
+_MAT_TABLE = _material_table()
 _GROUND_LABELS = np.array([_ROAD, _SIDEWALK, _TERRAIN])
 
 
@@ -1347,6 +1354,11 @@ def _off_palette(srgb: np.ndarray, labels: np.ndarray, margin: float = 24 / 255)
     return np.where(near[:, None], pushed, srgb)
 
 
+def _dot3(a: np.ndarray, v: Sequence[float]) -> np.ndarray:
+    """Dot product over the last axis (3) with a constant vector, without BLAS threads (workers stay on one core)."""
+    return a[..., 0] * np.float32(v[0]) + a[..., 1] * np.float32(v[1]) + a[..., 2] * np.float32(v[2])
+
+
 def _to_linear(srgb: np.ndarray) -> np.ndarray:
     return np.power(np.clip(srgb, 0, 1), _SRGB_GAMMA).astype(np.float32)
 
@@ -1407,118 +1419,155 @@ def _point_lights(scene: _Scene, xyz: tuple[np.ndarray, ...], normal: np.ndarray
     return out
 
 
+@dataclass
+class _GBuffer:
+    """Per-pixel geometry of a rendered scene: surface ids and what shading needs from them."""
+
+    sid: np.ndarray  # HxW surface ids (0 = sky)
+    sky: np.ndarray  # HxW bool
+    label: np.ndarray  # HxW labelIds
+    material: np.ndarray  # HxW material ids
+    normal: np.ndarray  # HxWx3 world normals (facing the camera)
+    xyz: tuple[np.ndarray, np.ndarray, np.ndarray]  # world coordinates of the visible points
+    depth: np.ndarray  # HxW camera z (large for sky)
+    distance: np.ndarray  # HxW distance along the ray (inf for sky)
+    elevation: np.ndarray  # HxW tangent of the ray's elevation angle
+
+    @classmethod
+    def of(cls, scene: _Scene) -> "_GBuffer":
+        """Read the G-buffer off a rasterised scene."""
+        cam, sid = scene.cam, scene.raster.surf
+        depth = 1.0 / np.maximum(scene.raster.invz, 1e-6)
+        ray_x = ((np.arange(cam.width, dtype=np.float32) - cam.cx) / cam.f)[None, :]
+        ray_y = ((cam.cy - np.arange(cam.height, dtype=np.float32)) / cam.f)[:, None]
+        sky = sid == 0
+        return cls(sid=sid, sky=sky, label=np.asarray(scene.label)[sid], material=np.asarray(scene.material)[sid],
+                   normal=np.asarray(scene.normal, np.float32)[sid],
+                   xyz=cam.to_world(ray_x * depth, ray_y * depth, depth), depth=depth,
+                   distance=np.where(sky, np.inf, depth * np.sqrt(1 + ray_x**2 + ray_y**2)),
+                   elevation=np.broadcast_to(ray_y, sid.shape))
+
+
 def _shade(scene: _Scene, seed: int, style: str, condition: str) -> np.ndarray:
     """Render the G-buffer of ``scene`` to an HxWx3 uint8 RGB image."""
-    cam = scene.cam
-    height, width = cam.height, cam.width
     style_rng = np.random.default_rng(np.random.SeedSequence([seed, _STYLE_STREAM, STYLES.index(style)]))
     rng = np.random.default_rng(np.random.SeedSequence([seed, _CONDITION_STREAM, STYLES.index(style),
                                                         CONDITIONS.index(condition)]))
     flat = style == "synthetic"
     weather = _weather(condition, rng)
-    sid = scene.raster.surf
-    labels = np.asarray(scene.label)
-    mats = np.asarray(scene.material)
-    normals = np.asarray(scene.normal, np.float32)
+    g = _GBuffer.of(scene)
     srgb = _surface_colors(scene, style, style_rng)
-    sky = sid == 0
-    pix_labels = labels[sid]
-    ground = np.isin(pix_labels, _GROUND_LABELS)
-    zc = 1.0 / np.maximum(scene.raster.invz, 1e-6)
-    ray_x = ((np.arange(width, dtype=np.float32) - cam.cx) / cam.f)[None, :]
-    ray_y = ((cam.cy - np.arange(height, dtype=np.float32)) / cam.f)[:, None]
-    xyz = cam.to_world(ray_x * zc, ray_y * zc, zc)
-    distance = np.where(sky, np.inf, zc * np.sqrt(1 + ray_x**2 + ray_y**2))
-    normal = normals[sid]
-    m = mats[sid]
-    elevation = np.broadcast_to(ray_y, (height, width))
-
     if flat:
-        # per-face flat shading from a fixed light: keeps faces apart without any texture or shadow
-        brightness = 0.8 + 0.2 * np.clip(normals @ np.array([0.35, 0.85, -0.4], np.float32), -1, 1)
-        srgb = _off_palette(np.clip(srgb * brightness[:, None], 0, 1), labels)
-        albedo = _to_linear(srgb)[sid]
-        sky_color = _to_linear(np.clip(np.array(weather.horizon) ** (1 / _SRGB_GAMMA) * style_rng.uniform(0.9, 1.05),
-                                       0, 1))
-        light = np.float32(1.0 if condition == "clear" else {"night": 0.1, "fog": 0.85, "rain": 0.6, "snow": 0.95}
-                           [condition])
-        radiance = albedo * light
-        sky_rgb = np.broadcast_to(sky_color * (0.08 if condition == "night" else 1.0), (height, width, 3))
+        radiance = _flat_radiance(scene, g, srgb, weather, condition, style_rng)
     else:
-        azimuth, sun_elev = style_rng.uniform(0, 2 * math.pi), style_rng.uniform(0.25, 1.05)
-        sun = np.array([math.cos(sun_elev) * math.sin(azimuth), math.sin(sun_elev),
-                        math.cos(sun_elev) * math.cos(azimuth)], np.float32)
-        bank = _texture_bank()
-        offsets = style_rng.uniform(0, _TEX_SIZE, (len(labels), 2)).astype(np.float32)[sid]
-        horizontal = np.abs(normal[..., 1]) > 0.7
-        along_z = ~horizontal & (np.abs(normal[..., 0]) > np.abs(normal[..., 2]))
-        s_coord = np.where(horizontal, xyz[0], np.where(along_z, xyz[2], xyz[0]))
-        t_coord = np.where(horizontal, xyz[2], xyz[1])
-        scale = _MAT_TABLE["scale"][m]
-        footprint = scale * zc / cam.f * np.sqrt(np.maximum(1.0, np.abs(normal[..., 1]) * zc / cam.h))
-        level = np.clip(np.rint(np.log2(np.maximum(footprint, 1.0))), 0, len(_MIP_SIGMAS) - 1).astype(np.intp)
-        texture = _sample(bank, level, _MAT_TABLE["texture"][m], s_coord * scale + offsets[..., 0],
-                          t_coord * scale + offsets[..., 1])
-        grime = _smooth_noise(style_rng, height, width, 6)
-        modulation = np.clip(1 + _MAT_TABLE["amp"][m] * texture + 0.08 * grime, 0.15, 2.5)
-        albedo = _to_linear(srgb)[sid] * modulation[..., None]
-        if condition == "snow":
-            cover = _MAT_TABLE["snow"][m] * np.clip(0.8 + 0.35 * _smooth_noise(rng, height, width, 12), 0, 1)
-            cover = np.where(horizontal | (normal[..., 1] > 0.55), cover, 0)
-            tracks = np.min([np.abs(xyz[0] - x) for x in scene.wheel_tracks] or [np.full_like(zc, 9.0)], 0)
-            cover = np.where((pix_labels == _ROAD) & (tracks < 0.22), cover * 0.35, cover)
-            cover = np.where(pix_labels == _VEGETATION, _MAT_TABLE["snow"][m] * (texture > 0.4), cover)
-            albedo = albedo * (1 - cover[..., None]) + 0.85 * cover[..., None]
-        if condition == "rain":
-            albedo = albedo * (1 - 0.45 * _MAT_TABLE["wet"][m])[..., None]
-        cast, contact = _shadow_masks(scene, sun)
-        lambert = np.clip(normal @ sun, 0, 1) * (1 - np.where(ground, cast, 0)) * (1 - contact)
-        near_ground = 1 - 0.4 * np.exp(-np.maximum(xyz[1], 0) / 0.7) * (1 - np.abs(normal[..., 1]))
-        ambient = (weather.ambient * near_ground * (1 - 0.65 * contact))[..., None] * np.float32(weather.ambient_color)
-        radiance = albedo * (ambient + (weather.sun * lambert)[..., None] * np.float32(weather.sun_color))
-        if condition == "night":
-            radiance += albedo * _point_lights(scene, xyz, normal)
-        t = np.clip(elevation / 0.35, 0, 1) ** 0.7
-        sky_rgb = np.float32(weather.horizon) * (1 - t[..., None]) + np.float32(weather.zenith) * t[..., None]
-        clouds = np.clip(_smooth_noise(style_rng, height, width, 5) * 0.8 - 0.1, 0, 1)[..., None]
-        sky_rgb = sky_rgb * (1 - 0.7 * clouds) + 0.7 * clouds * np.float32(weather.horizon) * 1.05
-        sky_rgb = sky_rgb * (1 + 0.02 * _smooth_noise(rng, height, width, 12))[..., None]
-        if condition == "rain":
-            radiance = _wet_reflections(radiance, sky, ground, _MAT_TABLE["wet"][m], distance)
-
-    emission = _MAT_TABLE["glow"][m] * np.float32(weather.glow)
-    radiance = np.where(sky[..., None], sky_rgb, radiance + emission)
+        radiance = _lit_radiance(scene, g, srgb, weather, condition, style_rng, rng)
+    emission = _MAT_TABLE["glow"][g.material] * np.float32(weather.glow)
+    radiance = radiance + emission  # the sky's material does not glow
     if weather.glow > 0.2:
-        spread = width / 512
+        spread = scene.cam.width / 512
         radiance += 0.35 * cv2.GaussianBlur(emission, (0, 0), 3 * spread) + 0.25 * cv2.GaussianBlur(
             emission, (0, 0), 12 * spread)
     if weather.haze > 0 and not (flat and condition == "clear"):  # the flat source has no aerial perspective
-        density = weather.haze * (1 + (0 if flat else 0.25 * _smooth_noise(rng, height, width, 4)))
-        transmission = np.exp(-density * np.minimum(distance, 1e4))[..., None]
+        density = weather.haze * (1 + (0 if flat else 0.25 * _smooth_noise(rng, *g.sky.shape, 4)))
+        transmission = np.exp(-density * np.minimum(g.distance, 1e4))[..., None]
         radiance = radiance * transmission + np.float32(weather.airlight) * (1 - transmission)
-
     if flat:
         image = np.power(np.clip(radiance, 0, 1), 1 / _SRGB_GAMMA)
     else:
-        radiance = radiance * (1 + rng.normal(0, 0.04, 3)).astype(np.float32)  # white balance
-        luminance = radiance @ np.float32([0.2126, 0.7152, 0.0722])
-        exposure = weather.key / max(float(np.mean(np.where(sky, 0.0, luminance)) / max(float(np.mean(~sky)), 1e-3)),
-                                     1e-4)
-        # a night camera cannot expose a dark street like day: it stays dark around the lights
-        x = radiance * np.float32(min(exposure, 6.0 if condition == "night" else 40.0))
-        image = np.power(np.clip(x * (1 + x / 4) / (1 + x), 0, 1), 1 / _SRGB_GAMMA)
-        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 0.8) * width / 512)
+        image = _expose(radiance, g.sky, weather, condition, rng)
     if condition == "rain":
         image = _rain_streaks(image, rng, flat)
     elif condition == "snow":
         image = _snowflakes(image, rng)
     if not flat:
-        yy, xx = np.mgrid[-1:1:height * 1j, -1:1:width * 1j].astype(np.float32)
-        image = image * (1 - rng.uniform(0.1, 0.3) * (xx**2 + yy**2) / 2)[..., None]
-        sigma = rng.uniform(0.025, 0.045) if condition == "night" else rng.uniform(0.006, 0.018)
-        image = image + rng.normal(0, sigma, (height, width, 1)).astype(np.float32) + rng.normal(
-            0, sigma / 2, (height, width, 3)).astype(np.float32)
+        image = _sensor(image, condition, rng)
     return np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _flat_radiance(scene: _Scene, g: _GBuffer, srgb: np.ndarray, weather: _Weather, condition: str,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Synthetic style: one colour per surface (flat-shaded from a fixed light), off-palette, and a flat sky."""
+    normals = np.asarray(scene.normal, np.float32)
+    brightness = 0.8 + 0.2 * np.clip(_dot3(normals, (0.35, 0.85, -0.4)), -1, 1)
+    srgb = _off_palette(np.clip(srgb * brightness[:, None], 0, 1), np.asarray(scene.label))
+    light = {"clear": 1.0, "night": 0.1, "fog": 0.85, "rain": 0.6, "snow": 0.95}[condition]
+    sky = _to_linear(np.clip(np.array(weather.horizon) ** (1 / _SRGB_GAMMA) * rng.uniform(0.9, 1.05), 0, 1))
+    albedo = _to_linear(srgb)[g.sid] * np.float32(light)
+    return np.where(g.sky[..., None], sky * np.float32(0.08 if condition == "night" else 1.0), albedo)
+
+
+def _lit_radiance(scene: _Scene, g: _GBuffer, srgb: np.ndarray, weather: _Weather, condition: str,
+                  style_rng: np.random.Generator, rng: np.random.Generator) -> np.ndarray:
+    """Realistic style: textured albedo, sun with cast and contact shadows, sky light, lamps, snow, wet ground."""
+    cam = scene.cam
+    height, width = g.sid.shape
+    m = g.material
+    azimuth, sun_elevation = style_rng.uniform(0, 2 * math.pi), style_rng.uniform(0.25, 1.05)
+    sun = np.array([math.cos(sun_elevation) * math.sin(azimuth), math.sin(sun_elevation),
+                    math.cos(sun_elevation) * math.cos(azimuth)], np.float32)
+    # textures live in world coordinates on each plane: ground (x, z), facades along z (z, y), others (x, y)
+    offsets = style_rng.uniform(0, _TEX_SIZE, (len(scene.label), 2)).astype(np.float32)[g.sid]
+    horizontal = np.abs(g.normal[..., 1]) > 0.7
+    along_z = ~horizontal & (np.abs(g.normal[..., 0]) > np.abs(g.normal[..., 2]))
+    x, y, z = g.xyz
+    scale = _MAT_TABLE["scale"][m]
+    s_coord = np.where(horizontal | ~along_z, x, z) * scale + offsets[..., 0]
+    t_coord = np.where(horizontal, z, y) * scale + offsets[..., 1]
+    # mip level from the pixel footprint in texels; grazing ground is foreshortened by about depth / camera height
+    footprint = scale * g.depth / cam.f * np.sqrt(np.maximum(1.0, np.abs(g.normal[..., 1]) * g.depth / cam.h))
+    level = np.clip(np.rint(np.log2(np.maximum(footprint, 1.0))), 0, len(_MIP_SIGMAS) - 1).astype(np.intp)
+    texture = _sample(_texture_bank(), level, _MAT_TABLE["texture"][m], s_coord, t_coord)
+    grime = _smooth_noise(style_rng, height, width, 6)
+    albedo = _to_linear(srgb)[g.sid] * np.clip(1 + _MAT_TABLE["amp"][m] * texture + 0.08 * grime, 0.15, 2.5)[..., None]
+    if condition == "snow":
+        cover = _MAT_TABLE["snow"][m] * np.clip(0.8 + 0.35 * _smooth_noise(rng, height, width, 12), 0, 1)
+        cover = np.where(horizontal | (g.normal[..., 1] > 0.55), cover, 0)
+        tracks = np.min([np.abs(x - track) for track in scene.wheel_tracks] or [np.full_like(x, 9.0)], 0)
+        cover = np.where((g.label == _ROAD) & (tracks < 0.22), cover * 0.35, cover)
+        cover = np.where(g.label == _VEGETATION, _MAT_TABLE["snow"][m] * (texture > 0.4), cover)
+        albedo = albedo * (1 - cover[..., None]) + 0.85 * cover[..., None]
+    elif condition == "rain":
+        albedo = albedo * (1 - 0.45 * _MAT_TABLE["wet"][m])[..., None]  # wet surfaces are darker
+    ground = np.isin(g.label, _GROUND_LABELS)
+    cast, contact = _shadow_masks(scene, sun)
+    direct = np.clip(_dot3(g.normal, sun), 0, 1) * (1 - np.where(ground, cast, 0)) * (1 - contact)
+    occlusion = 1 - 0.4 * np.exp(-np.maximum(y, 0) / 0.7) * (1 - np.abs(g.normal[..., 1]))  # darker wall bases
+    ambient = (weather.ambient * occlusion * (1 - 0.65 * contact))[..., None] * np.float32(weather.ambient_color)
+    radiance = albedo * (ambient + (weather.sun * direct)[..., None] * np.float32(weather.sun_color))
+    if condition == "night":
+        radiance += albedo * _point_lights(scene, g.xyz, g.normal)
+    t = (np.clip(g.elevation / 0.35, 0, 1) ** 0.7)[..., None]
+    sky = np.float32(weather.horizon) * (1 - t) + np.float32(weather.zenith) * t
+    clouds = np.clip(_smooth_noise(style_rng, height, width, 5) * 0.8 - 0.1, 0, 1)[..., None]
+    sky = sky * (1 - 0.7 * clouds) + 0.7 * clouds * np.float32(weather.horizon) * 1.05
+    sky = sky * (1 + 0.02 * _smooth_noise(rng, height, width, 12))[..., None]
+    radiance = np.where(g.sky[..., None], sky, radiance)
+    if condition == "rain":
+        radiance = _wet_reflections(radiance, ground, _MAT_TABLE["wet"][m], g.distance)
+    return radiance
+
+
+def _expose(radiance: np.ndarray, sky: np.ndarray, weather: _Weather, condition: str,
+            rng: np.random.Generator) -> np.ndarray:
+    """White balance, auto exposure on the non-sky pixels and a soft-shoulder tone curve to sRGB 0-1."""
+    radiance = radiance * (1 + rng.normal(0, 0.04, 3)).astype(np.float32)
+    luminance = _dot3(radiance, (0.2126, 0.7152, 0.0722))
+    mean = float(luminance[~sky].mean()) if (~sky).any() else float(luminance.mean())
+    # a night camera cannot expose a dark street like day: it stays dark around the lights
+    exposure = min(weather.key / max(mean, 1e-4), 6.0 if condition == "night" else 40.0)
+    x = radiance * np.float32(exposure)
+    return np.power(np.clip(x * (1 + x / 4) / (1 + x), 0, 1), 1 / _SRGB_GAMMA)
+
+
+def _sensor(image: np.ndarray, condition: str, rng: np.random.Generator) -> np.ndarray:
+    """Lens blur, vignetting and sensor noise (stronger at night, where the gain is high)."""
+    height, width = image.shape[:2]
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.4, 0.8) * width / 512)
+    yy, xx = np.mgrid[-1:1:height * 1j, -1:1:width * 1j].astype(np.float32)
+    image = image * (1 - rng.uniform(0.1, 0.3) * (xx**2 + yy**2) / 2)[..., None]
+    sigma = rng.uniform(0.025, 0.045) if condition == "night" else rng.uniform(0.006, 0.018)
+    luma_noise = rng.normal(0, sigma, (height, width, 1)).astype(np.float32)
+    return image + luma_noise + rng.normal(0, sigma / 2, (height, width, 3)).astype(np.float32)
 
 
 def _sample(bank: np.ndarray, level: np.ndarray, texture: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -1533,10 +1582,9 @@ def _sample(bank: np.ndarray, level: np.ndarray, texture: np.ndarray, s: np.ndar
     return top * (1 - ft) + bottom * ft
 
 
-def _wet_reflections(radiance: np.ndarray, sky: np.ndarray, ground: np.ndarray, wet: np.ndarray,
-                     distance: np.ndarray) -> np.ndarray:
+def _wet_reflections(radiance: np.ndarray, ground: np.ndarray, wet: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Mirror what stands on wet ground about its contact row, per column (a flat puddle reflects uprights)."""
-    height, width = sky.shape
+    height, width = ground.shape
     rows = np.arange(height)[:, None]
     contact = np.maximum.accumulate(np.where(~ground, rows, -1), axis=0)
     source = 2 * contact - rows
@@ -1619,18 +1667,33 @@ def render_frame(seed: int, height: int = 256, width: int = 512, style: str = "s
                  instance_ids=instance_ids, boxes=boxes, box_train_ids=box_train_ids)
 
 
-def _stem(city: str, index: int) -> str:
-    return f"{city}_{index:06d}_000019"
+def _init_worker() -> None:
+    """Worker processes render one frame at a time on one core each; OpenCV's own thread pool would oversubscribe."""
+    cv2.setNumThreads(1)
 
 
-def _write_frames(root: str, split: str, city: str, indices: Sequence[int], seed: int, height: int, width: int,
-                  style: str, condition: str) -> int:
-    """Render and write frames ``indices`` of a split (one worker's share)."""
-    image_dir = os.path.join(root, "leftImg8bit", split, city)
-    label_dir = os.path.join(root, "gtFine", split, city)
+@dataclass(frozen=True)
+class _SplitJob:
+    """One split to write: frames 0..count-1 with seeds seed..seed+count-1 under root in the Cityscapes layout."""
+
+    root: str
+    split: str
+    city: str
+    count: int
+    seed: int
+    height: int
+    width: int
+    style: str
+    condition: str
+
+
+def _write_frames(job: _SplitJob, indices: Sequence[int]) -> int:
+    """Render and write frames ``indices`` of a split (one worker task); returns how many."""
+    image_dir = os.path.join(job.root, "leftImg8bit", job.split, job.city)
+    label_dir = os.path.join(job.root, "gtFine", job.split, job.city)
     for i in indices:
-        frame = render_frame(seed + i, height, width, style, condition)
-        stem = _stem(city, i)
+        frame = render_frame(job.seed + i, job.height, job.width, job.style, job.condition)
+        stem = f"{job.city}_{i:06d}_000019"
         outputs = {
             os.path.join(image_dir, f"{stem}_leftImg8bit.png"): frame.image[..., ::-1],
             os.path.join(label_dir, f"{stem}_gtFine_labelIds.png"): frame.label_ids,
@@ -1643,46 +1706,35 @@ def _write_frames(root: str, split: str, city: str, indices: Sequence[int], seed
     return len(indices)
 
 
+def _write_splits(jobs: Sequence[_SplitJob], workers: int, progress: bool) -> int:
+    """Write all frames of ``jobs``, in chunks spread over ``workers`` processes when > 1; returns the frame count."""
+    for job in jobs:
+        _check(job.style, job.condition, job.height, job.width)
+        if job.count < 0 or job.seed < 0:
+            raise ValueError(f"count and seed must be >= 0, got count={job.count}, seed={job.seed}")
+        for top in ("leftImg8bit", "gtFine"):
+            os.makedirs(os.path.join(job.root, top, job.split, job.city), exist_ok=True)
+    chunk = 8
+    tasks = [(job, range(i, min(i + chunk, job.count))) for job in jobs for i in range(0, job.count, chunk)]
+    total = sum(job.count for job in jobs)
+    with tqdm(total=total, unit="frame", disable=not progress) as bar:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                bar.update(_write_frames(*task))
+        else:
+            # spawn: safe with torch / OpenCV threads in the parent, and the same on every platform
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                     initializer=_init_worker) as pool:
+                for n in pool.map(_write_frames, *zip(*tasks)):
+                    bar.update(n)
+    return total
+
+
 def write_split(root: str, split: str, count: int, seed: int, height: int, width: int, style: str,
                 condition: str = "clear", city: str | None = None, workers: int = 1, progress: bool = False) -> int:
     """Write ``count`` frames (seeds seed..seed+count-1) of one split in the Cityscapes layout; returns the count."""
-    _check(style, condition, height, width)
-    if count < 0 or seed < 0:
-        raise ValueError(f"count and seed must be >= 0, got count={count}, seed={seed}")
-    city = city or f"{style}_{condition}"
-    for top in ("leftImg8bit", "gtFine"):
-        os.makedirs(os.path.join(root, top, split, city), exist_ok=True)
-    args = (root, split, city)
-    params = (seed, height, width, style, condition)
-    chunk = 8
-    chunks = [range(i, min(i + chunk, count)) for i in range(0, count, chunk)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=count, desc=f"{split}/{city}", unit="frame")
-    written = 0
-    if workers <= 1 or count <= chunk:
-        for indices in chunks:
-            written += _write_frames(*args, indices, *params)
-            if bar is not None:
-                bar.update(len(indices))
-    else:
-        # spawn: safe with torch / OpenCV threads in the parent and identical on every platform
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_write_frames, *args, list(indices), *params) for indices in chunks]
-            for future in futures:
-                n = future.result()
-                written += n
-                if bar is not None:
-                    bar.update(n)
-    if bar is not None:
-        bar.close()
-    return written
-
-
-TARGET_CONDITIONS = CONDITIONS
-"""Conditions of the realistic target domains written by write_benchmark (target_<condition>)."""
+    job = _SplitJob(root, split, city or f"{style}_{condition}", count, seed, height, width, style, condition)
+    return _write_splits([job], workers, progress)
 
 
 def write_benchmark(root: str, train: int = 300, val: int = 60, height: int = 256, width: int = 512, seed: int = 0,
@@ -1694,17 +1746,17 @@ def write_benchmark(root: str, train: int = 300, val: int = 60, height: int = 25
     """
     domains = {"source": ("synthetic", "clear", {"train": (train, seed), "val": (val, seed + train)})}
     target_seed = seed + train + val
-    for condition in TARGET_CONDITIONS:
+    for condition in CONDITIONS:
         domains[f"target_{condition}"] = ("realistic", condition, {"val": (val, target_seed)})
-    roots, summary = {}, {}
+    roots, summary, jobs = {}, {}, []
     for name, (style, condition, splits) in domains.items():
-        domain_root = os.path.join(root, name)
-        for split, (count, split_seed) in splits.items():
-            write_split(domain_root, split, count, split_seed, height, width, style, condition, workers=workers,
-                        progress=progress)
-        roots[name] = domain_root
-        summary[name] = {"root": name, "style": style, "condition": condition, "city": f"{style}_{condition}",
+        roots[name] = os.path.join(root, name)
+        city = f"{style}_{condition}"
+        jobs += [_SplitJob(roots[name], split, city, count, first, height, width, style, condition)
+                 for split, (count, first) in splits.items()]
+        summary[name] = {"root": name, "style": style, "condition": condition, "city": city,
                          "splits": {s: {"count": c, "first_seed": fs} for s, (c, fs) in splits.items()}}
+    _write_splits(jobs, workers, progress)
     meta = {
         "generator": "training.synth",
         "layout": "cityscapes",

@@ -1,0 +1,418 @@
+"""Record datasets, image folders and videos as rosbag2 bags; evaluate a checkpoint on a bag offline; inspect bags.
+
+    vltseg bag make --out bags/fog --dataset cityscapes:data/synth/target_fog:val [--compressed] [--storage sqlite3]
+    vltseg bag make --out bags/drive --video drive.mp4 --every 3 --distro humble
+    vltseg bag eval --bag bags/fog --checkpoint run/final.safetensors --out reports/fog_bag --overlays 10 --mp4
+    vltseg bag info bags/fog
+
+Bags use the layout of ``vltseg_ros.bag`` (image, camera_info and ground-truth label mask and boxes under one
+namespace). ``eval`` needs no ROS: it streams the bag through the Predictor and scores it like ``vltseg eval``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Iterator, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from vltseg_ros.bag import (
+    DISTRO_VERSIONS,
+    STORAGES,
+    BagError,
+    BagWriter,
+    FrameRecord,
+    bag_info,
+    read_frames,
+    topics_for,
+)
+from vltseg_ros.metrics import SegmentationEvaluator
+from vltseg_ros.predictor import Prediction, Predictor
+from vltseg_ros.report import Scorer, markdown_table, percent, write_report
+from vltseg_ros.visualize import draw_overlay, palette_lut
+
+from .datasets import DATASETS, DatasetError, build_dataset
+
+DEFAULT_START = "2026-01-01T00:00:00Z"
+DEFAULT_FPS = 10.0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# (image RGB, label or None, boxes or None, box trainIds or None) of one source frame
+SourceFrame = tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]
+
+
+def _error(message: str) -> int:
+    print(f"vltseg bag: error: {message}", file=sys.stderr)
+    return 1
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources
+
+
+# The sources check their input when called (before the bag is created) and read frames lazily.
+
+
+def iter_dataset_frames(name: str, root: str, split: str) -> Iterator[SourceFrame]:
+    """Frames of a dataset reader (training.datasets.DATASETS) with its label map and boxes."""
+    dataset = build_dataset(name, root, split)
+    samples = (dataset[index] for index in range(len(dataset)))
+    return ((s["image"], s["label"], s["boxes"], s["box_labels"]) for s in samples)
+
+
+def iter_image_frames(directory: str) -> Iterator[SourceFrame]:
+    """Image files of a folder in name order (no ground truth); unreadable files are skipped with a warning."""
+    if not os.path.isdir(directory):
+        raise BagError(f"image folder not found: {directory}")
+    names = sorted(n for n in os.listdir(directory) if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+        raise BagError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
+    return _read_images(directory, names)
+
+
+def _read_images(directory: str, names: list[str]) -> Iterator[SourceFrame]:
+    for name in names:
+        bgr = cv2.imread(os.path.join(directory, name), cv2.IMREAD_COLOR)
+        if bgr is None:
+            print(f"vltseg bag: skipped {name}: not a decodable image", file=sys.stderr)
+            continue
+        yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, None, None
+
+
+def open_video_frames(path: str, every: int = 1) -> tuple[Iterator[SourceFrame], Optional[float]]:
+    """Every ``every``-th frame of a video file (no ground truth), and the frame rate the file declares (if any)."""
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise BagError(f"cannot open video {path}")
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return _read_video(capture, every), (fps if math.isfinite(fps) and fps > 0 else None)
+
+
+def _read_video(capture: cv2.VideoCapture, every: int) -> Iterator[SourceFrame]:
+    try:
+        for index in itertools.count():
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            if index % every == 0:
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None, None, None
+    finally:
+        capture.release()
+
+
+def _parse_dataset(text: str) -> tuple[str, str, str]:
+    """``name:root[:split]`` -> (name, root, split)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise argparse.ArgumentTypeError(f"expected NAME:ROOT[:SPLIT], got {text!r}")
+    if parts[0] not in DATASETS:
+        raise argparse.ArgumentTypeError(f"unknown dataset {parts[0]!r}; expected one of {sorted(DATASETS)}")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 and parts[2] else "val"
+
+
+def _parse_start(text: str) -> int:
+    """``now`` or an ISO 8601 time (UTC unless it names an offset) -> ns since the epoch."""
+    if text == "now":
+        return time.time_ns()
+    try:
+        # Python 3.10's fromisoformat does not accept the "Z" suffix
+        when = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'now' or an ISO 8601 time, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (when - epoch) // dt.timedelta(microseconds=1) * 1000
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float) that must be > 0."""
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    return parse
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# make
+
+
+def _add_make_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", type=_parse_dataset, metavar="NAME:ROOT[:SPLIT]",
+                        help="dataset reader (cityscapes, gta5, synthia, mapillary, bdd100k, acdc), root and split "
+                             "(default val); writes images, label masks and boxes")
+    source.add_argument("--images", metavar="DIR", help="a folder of images, in name order (no ground truth)")
+    source.add_argument("--video", metavar="FILE", help="a video file (no ground truth)")
+    parser.add_argument("--out", required=True, help="bag directory to create (must not exist)")
+    parser.add_argument("--storage", choices=STORAGES, default="mcap")
+    parser.add_argument("--distro", choices=sorted(DISTRO_VERSIONS), default="kilted",
+                        help="ROS distribution that will read the bag (humble/iron: metadata v8, else v9)")
+    parser.add_argument("--compressed", action="store_true",
+                        help="JPEG CompressedImage on <namespace>/image/compressed")
+    parser.add_argument("--jpeg-quality", dest="jpeg_quality", type=int, default=90)
+    parser.add_argument("--namespace", default="/camera", help="camera namespace (default /camera)")
+    parser.add_argument("--frame-id", dest="frame_id", help="header frame_id (default <namespace>_optical_frame)")
+    parser.add_argument("--fps", type=_positive(float),
+                        help=f"frame rate of the stamps (default: a video's own rate / --every, else {DEFAULT_FPS:g})")
+    parser.add_argument("--start", type=_parse_start, default=DEFAULT_START,
+                        help=f"stamp of the first frame: 'now' or ISO 8601 (default {DEFAULT_START})")
+    parser.add_argument("--limit", type=int, default=0, help="write at most N frames")
+    parser.add_argument("--every", type=_positive(int), default=1, help="video: keep every Nth frame")
+
+
+def _make(args: argparse.Namespace) -> int:
+    fps = args.fps
+    if args.dataset:
+        frames = iter_dataset_frames(*args.dataset)
+    elif args.images:
+        frames = iter_image_frames(args.images)
+    else:
+        frames, video_fps = open_video_frames(args.video, args.every)
+        # stamps keep the video's own timing unless --fps says otherwise
+        fps = fps or (video_fps / args.every if video_fps else None)
+    fps = fps or DEFAULT_FPS
+    frame_id = args.frame_id or (args.namespace.strip("/").replace("/", "_") or "camera") + "_optical_frame"
+    from tqdm import tqdm
+
+    with BagWriter(args.out, args.storage, args.distro, args.compressed, args.namespace, args.jpeg_quality) as writer:
+        limited = itertools.islice(frames, args.limit or None)
+        for index, (image, label, boxes, class_ids) in enumerate(tqdm(limited, desc="bag", unit="frame",
+                                                                      dynamic_ncols=True, mininterval=1.0)):
+            writer.write(FrameRecord(stamp_ns=args.start + round(index * 1e9 / fps), frame_id=frame_id, image=image,
+                                     label=label, boxes=boxes, box_class_ids=class_ids))
+    if not writer.frames:
+        return _error(f"no frames written to {args.out}")
+    _print_info(bag_info(args.out))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# info
+
+
+def _add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bag", help="bag directory (or a bare .mcap / .db3 file)")
+    parser.add_argument("--json", action="store_true", help="print bag_info as JSON")
+
+
+def _info(args: argparse.Namespace) -> int:
+    info = bag_info(args.bag)
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _iso(stamp_ns: int) -> str:
+    return dt.datetime.fromtimestamp(stamp_ns / 1e9, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _print_info(info: dict) -> None:
+    """Human-readable bag_info."""
+    version = f", metadata v{info['version']}" if info["version"] else ""
+    print(f"bag       {info['path']} ({info['storage']}{version})")
+    if info["message_count"]:
+        print(f"time      {_iso(info['start_ns'])} .. {_iso(info['end_ns'])} ({info['duration_s']:.3f} s), "
+              f"{info['message_count']} messages")
+    for namespace, camera in info["cameras"].items():
+        print(f"camera    {namespace}: {camera['image']} ({'compressed' if camera['compressed'] else 'raw'}), "
+              f"{camera['frames']} frames, ground truth: {', '.join(camera['ground_truth']) or 'none'}")
+    width = max((len(name) for name in info["topics"]), default=0)
+    for name, topic in info["topics"].items():
+        print(f"topic     {name:<{width}}  {topic['type']}  {topic['count']}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# eval
+
+
+def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bag", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True, help="report directory")
+    parser.add_argument("--namespace", help="camera namespace (default: the bag's only camera)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.05,
+                        help="drop predicted boxes below this score before scoring")
+    parser.add_argument("--overlays", type=int, default=0, help="write the first N overlay frames as PNGs")
+    parser.add_argument("--mp4", action="store_true", help="write overlays.mp4 of every frame")
+
+
+def _camera_rate(bag: str, namespace: Optional[str]) -> tuple[Optional[dict], float]:
+    """bag_info's entry for the camera to be read and its frame rate; (None, DEFAULT_FPS) if the bag is damaged or
+    the camera ambiguous (reading the bag then reports why)."""
+    try:
+        info = bag_info(bag)
+    except BagError:
+        return None, DEFAULT_FPS
+    cameras = info["cameras"]
+    if namespace is None:
+        camera = next(iter(cameras.values())) if len(cameras) == 1 else None
+    else:
+        images = (topics_for(namespace).image, topics_for(namespace, True).image)
+        camera = next((c for c in cameras.values() if c["image"] in images), None)
+    if camera is None or camera["frames"] < 2 or info["duration_s"] <= 0:
+        return camera, DEFAULT_FPS
+    return camera, (camera["frames"] - 1) / info["duration_s"]
+
+
+def _finite(value: float) -> Optional[float]:
+    return value if math.isfinite(value) else None
+
+
+class _OverlayWriter:
+    """Overlay PNGs of the first frames and an MP4 of all frames, as asked."""
+
+    def __init__(self, out_dir: str, pngs: int, mp4: bool, fps: float, predictor: Predictor):
+        self.dir = os.path.join(out_dir, "overlays")
+        self.pngs = pngs
+        self.mp4_path = os.path.join(out_dir, "overlays.mp4") if mp4 else None
+        self.fps = fps
+        self.predictor = predictor
+        self.lut = palette_lut(predictor.palette)
+        self.video: Optional[cv2.VideoWriter] = None
+        self.size: Optional[tuple[int, int]] = None
+        if pngs:
+            os.makedirs(self.dir, exist_ok=True)
+
+    def add(self, index: int, frame: FrameRecord, result: Prediction) -> None:
+        """Render the frame's overlay where a PNG or the MP4 wants it."""
+        if index >= self.pngs and self.mp4_path is None:
+            return
+        bgr = cv2.cvtColor(draw_overlay(frame.image, "RGB", result.label_map, self.lut, result.boxes,
+                                        result.box_class_ids, result.box_scores, self.predictor.class_names),
+                           cv2.COLOR_RGB2BGR)
+        if index < self.pngs:
+            cv2.imwrite(os.path.join(self.dir, f"overlay_{index:06d}_{frame.stamp_ns}.png"), bgr)
+        if self.mp4_path is not None:
+            if self.video is None:
+                self.size = (bgr.shape[1], bgr.shape[0])
+                self.video = cv2.VideoWriter(self.mp4_path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self.size)
+                if not self.video.isOpened():
+                    raise BagError(f"cannot write {self.mp4_path} (no mp4v encoder in this OpenCV build)")
+            # one video has one size; a bag may change resolution mid-way
+            self.video.write(bgr if (bgr.shape[1], bgr.shape[0]) == self.size else cv2.resize(bgr, self.size))
+
+    def close(self) -> None:
+        """Finish the MP4."""
+        if self.video is not None:
+            self.video.release()
+
+
+def _frame_line(frame: FrameRecord, result: Prediction, latency_s: float, frame_seg: SegmentationEvaluator) -> dict:
+    """One frames.jsonl record: stamp, latency, box counts and, with a ground-truth label, the frame's own scores."""
+    line = {"stamp_ns": frame.stamp_ns, "latency_ms": 1000 * latency_s, "pred_boxes": len(result.boxes),
+            "gt_boxes": None if frame.boxes is None else len(frame.boxes)}
+    if result.label_map is not None and frame.label is not None:
+        frame_seg.reset()
+        frame_seg.process(result.label_map, frame.label)
+        scores = frame_seg.evaluate()
+        line.update(pixel_accuracy=_finite(scores["aAcc"]), mIoU=_finite(scores["mIoU"]))
+    return line
+
+
+def _eval(args: argparse.Namespace) -> int:
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                          score_threshold=args.score_threshold)
+    classes = predictor.meta.model.classes
+    det_classes = ({predictor.class_names.index(n): n for n in predictor.meta.model.det_head.classes}
+                   if predictor.has_det else None)
+    scorer = Scorer(classes, det_classes)
+    frame_seg = SegmentationEvaluator(classes)
+    camera, fps = _camera_rate(args.bag, args.namespace)
+    os.makedirs(args.out, exist_ok=True)
+    overlays = _OverlayWriter(args.out, args.overlays, args.mp4, fps, predictor)
+    from tqdm import tqdm
+
+    error: Optional[str] = None
+    frames = 0
+    started = time.perf_counter()
+    with open(os.path.join(args.out, "frames.jsonl"), "w", encoding="utf-8") as log, \
+            tqdm(total=camera["frames"] if camera else None, desc="bag eval", unit="frame", dynamic_ncols=True,
+                 mininterval=1.0) as bar:
+        try:
+            for frame in read_frames(args.bag, args.namespace):
+                tic = time.perf_counter()
+                result = predictor.predict([frame.image], image_format="RGB")[0]
+                latency = time.perf_counter() - tic
+                height, width = frame.image.shape[:2]
+                scorer.add(result.label_map, frame.label, result.boxes, result.box_scores, result.box_class_ids,
+                           frame.boxes, frame.box_class_ids, height, width, latency_s=latency)
+                log.write(json.dumps(_frame_line(frame, result, latency, frame_seg)) + "\n")
+                log.flush()  # a crash later still leaves every scored frame on disk
+                overlays.add(frames, frame, result)
+                frames += 1
+                bar.update()
+        except BagError as exc:
+            error = str(exc)
+        except KeyboardInterrupt:  # a long replay stopped by hand still gets its report
+            error = "interrupted"
+        finally:
+            overlays.close()
+    elapsed = time.perf_counter() - started
+    if not frames:
+        return _error(error or f"no frames on the camera topic of {args.bag}")
+    domain = os.path.basename(os.path.normpath(args.bag))
+    results = {domain: {**scorer.result(), "frames_per_s": frames / elapsed}}
+    header = {"checkpoint": args.checkpoint, "bag": args.bag, "image_topic": camera["image"] if camera else None,
+              "device": args.device, "precision": args.precision, "score_threshold": args.score_threshold,
+              "complete": error is None, "error": error,
+              "timing": "latency_ms: predictor wall time per frame; frames_per_s: frames / wall time of the replay "
+                        "(bag read, decode, inference, scoring)"}
+    paths = write_report(results, args.out, classes, header)
+    _print_summary(domain, results, classes, [os.path.join(args.out, "frames.jsonl"), *paths.values()])
+    if error is not None:
+        return _error(f"{error}; the report covers the {frames} frames read before it")
+    return 0
+
+
+def _print_summary(domain: str, results: dict, classes: list[str], paths: list[str]) -> None:
+    """One line of headline numbers, the summary table and the report's files."""
+    r = results[domain]
+    seg, det = r.get("segmentation"), r.get("detection")
+    print(f"{domain}: {r['images']} frames, {r['frames_per_s']:.1f} frames/s, "
+          f"latency p50 {r['latency_ms']['p50']:.1f} ms"
+          + (f", mIoU {percent(seg['mIoU'])}" if seg else "")
+          + (f", AP {percent(det['AP'])}, AP50 {percent(det['AP50'])}" if det else "")
+          + ("" if seg or det else " (no ground truth: latency only)"))
+    print(markdown_table(results, classes).split("\n\n")[0])
+    print(f"report: {os.path.abspath(os.path.dirname(paths[0]))} ({', '.join(os.path.basename(p) for p in paths)})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command plumbing
+
+# name -> (help, add_arguments, run); ``play`` is added here from its own module
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "make": ("write a bag from a dataset, an image folder or a video", _add_make_arguments, _make),
+    "eval": ("evaluate a checkpoint on a bag offline (no DDS): JSON/Markdown/PNG report", _add_eval_arguments, _eval),
+    "info": ("print a bag's storage, time range, topics and cameras", _add_info_arguments, _info),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``vltseg bag`` subcommands (dest ``bag_command``)."""
+    commands = parser.add_subparsers(dest="bag_command", required=True)
+    for name, (summary, add, _) in SUBCOMMANDS.items():
+        add(commands.add_parser(name, help=summary, description=summary))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``vltseg bag``; bag and dataset problems print one line and return 1."""
+    try:
+        return SUBCOMMANDS[args.bag_command][2](args)
+    except (BagError, DatasetError) as exc:
+        return _error(str(exc))
