@@ -395,11 +395,25 @@ def _print_summary(domain: str, results: dict, classes: list[str], paths: list[s
 # ----------------------------------------------------------------------------------------------------------------
 # Command plumbing
 
-# name -> (help, add_arguments, run); ``play`` is added here from its own module
+def _add_play_arguments(parser: argparse.ArgumentParser) -> None:
+    from vltseg_ros.node.player import add_arguments as add_player_arguments  # rclpy lives in the node package
+
+    add_player_arguments(parser)
+
+
+def _play(args: argparse.Namespace) -> int:
+    from vltseg_ros.node.player import run as run_player
+
+    return run_player(args)
+
+
+# name -> (help, add_arguments, run)
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "make": ("write a bag from a dataset, an image folder or a video", _add_make_arguments, _make),
     "eval": ("evaluate a checkpoint on a bag offline (no DDS): JSON/Markdown/PNG report", _add_eval_arguments, _eval),
     "info": ("print a bag's storage, time range, topics and cameras", _add_info_arguments, _info),
+    "play": ("publish a bag through rclpy with its recorded timing and /clock (ros2 bag play --clock)",
+             _add_play_arguments, _play),
 }
 
 
