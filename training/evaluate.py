@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from vltseg_ros.checkpoint import CheckpointMeta, load_checkpoint
+from vltseg_ros.cli import parse_size
 from vltseg_ros.config import InferenceConfig, validate_inference_config
 from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import Scorer, markdown_table, percent, write_report
@@ -75,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most N images per dataset")
     parser.add_argument("--mode", choices=["whole", "slide"], help="override the checkpoint's inference mode")
-    parser.add_argument("--size", help="whole mode input HxW")
-    parser.add_argument("--fit-size", dest="fit_size", help="slide mode: fit HxW first")
+    parser.add_argument("--size", type=parse_size, help="whole mode input HxW")
+    parser.add_argument("--fit-size", dest="fit_size", type=parse_size, help="slide mode: fit HxW first")
     parser.add_argument("--window", type=int)
     parser.add_argument("--stride", type=int)
 
@@ -85,12 +86,9 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``vltseg eval``."""
     model, meta = load_checkpoint(args.checkpoint)
     inference = dataclasses.replace(meta.inference)
-    for key in ("mode", "window", "stride"):
+    for key in ("mode", "size", "fit_size", "window", "stride"):
         if getattr(args, key) is not None:
             setattr(inference, key, getattr(args, key))
-    for key in ("size", "fit_size"):
-        if getattr(args, key):
-            setattr(inference, key, [int(v) for v in getattr(args, key).lower().split("x")])
     validate_inference_config(inference)
     results = {}
     for name, root, split, label in args.data:

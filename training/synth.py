@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vltseg_ros.cli import _size
+from vltseg_ros.cli import parse_size
 from vltseg_ros.labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_ID_TO_TRAINID,
@@ -1780,7 +1780,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output root directory")
     parser.add_argument("--train", type=int, default=300, help="source train frames (default 300)")
     parser.add_argument("--val", type=int, default=60, help="val frames per domain (default 60)")
-    parser.add_argument("--size", type=_size, default=[256, 512], help="frame size HxW (default 256x512)")
+    parser.add_argument("--size", type=parse_size, default=[256, 512], help="frame size HxW (default 256x512)")
     parser.add_argument("--seed", type=int, default=0, help="first scene seed (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     single = parser.add_argument_group("single split (instead of the whole benchmark)")

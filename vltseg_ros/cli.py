@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from .config import ConfigError
 
 
-def _size(text: str) -> list[int]:
+def parse_size(text: str) -> list[int]:
     """Parse "HxW" (or a single number for a square)."""
     parts = text.lower().split("x")
     try:
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("--pretrained", help="encoder weights: a local file (open_clip, EVA-CLIP .pt or timm format) "
                                           "or an open_clip pretrained tag ('openclip' = the encoder's default tag)")
     new.add_argument("--mode", choices=["whole", "slide"], help="inference mode stored in the checkpoint")
-    new.add_argument("--size", type=_size, help="whole-image input size HxW")
-    new.add_argument("--fit-size", dest="fit_size", type=_size, help="slide mode: resize to fit HxW first")
+    new.add_argument("--size", type=parse_size, help="whole-image input size HxW")
+    new.add_argument("--fit-size", dest="fit_size", type=parse_size, help="slide mode: resize to fit HxW first")
     new.add_argument("--window", type=int, help="slide mode: window size")
     new.add_argument("--stride", type=int, help="slide mode: window stride")
     new.set_defaults(func=_checkpoint_new)
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export the network to ONNX and check it with onnxruntime")
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--onnx", dest="out", required=True, help="output .onnx path")
-    export.add_argument("--size", type=_size, help="input HxW (default: the checkpoint's whole-image size or "
+    export.add_argument("--size", type=parse_size, help="input HxW (default: the checkpoint's whole-image size or "
                                                    "window), rounded to the patch size")
     export.add_argument("--batch", type=int, default=1, help="batch of graphs with a detection head (fixed)")
     export.add_argument("--opset", type=int, default=17)
