@@ -65,6 +65,8 @@ class DetHeadConfig:
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000
+    roi_batch_size_per_image: int = 512  # sampled RoIs per image for the box head loss
+    representation_size: int = 1024  # width of the two-MLP box head
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
@@ -205,7 +207,8 @@ def model_preset(name: str, heads: tuple[str, ...] = ("seg",)) -> ModelConfig:
     if "det" in heads:
         det = DetHeadConfig(
             fpn_channels=64, rpn_pre_nms_top_n_train=500, rpn_pre_nms_top_n_test=300,
-            rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=100,
+            rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=100, roi_batch_size_per_image=128,
+            representation_size=256,
         ) if tiny else DetHeadConfig()
     cfg = ModelConfig(
         encoder=EncoderConfig(name=name, drop_path_rate=0.0 if tiny else 0.2),

@@ -59,8 +59,10 @@ class DetectionHead(nn.Module):
         )
         pool = MultiScaleRoIAlign(featmap_names=names, output_size=7, sampling_ratio=2)
         self.roi_heads = RoIHeads(
-            pool, TwoMLPHead(cfg.fpn_channels * 7 * 7, 1024), FastRCNNPredictor(1024, len(cfg.classes) + 1),
-            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
+            pool, TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size),
+            FastRCNNPredictor(cfg.representation_size, len(cfg.classes) + 1),
+            fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=cfg.roi_batch_size_per_image,
+            positive_fraction=0.25,
             bbox_reg_weights=None, score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh,
             detections_per_img=cfg.box_detections_per_img,
         )
