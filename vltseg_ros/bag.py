@@ -527,8 +527,10 @@ _RECOVERY = {".mcap": _McapScanSource, ".db3": _Sqlite3ScanSource}
 
 
 @contextmanager
-def _open_source(path: Path) -> Iterator[Any]:
-    """A message source for the bag: rosbags' Reader, or for storage files it cannot open a recovery scan."""
+def open_messages(path: Path) -> Iterator[Any]:
+    """Context manager over a bag's raw messages (``.topics``; ``.messages(topics)`` yields (topic, bag time ns,
+    CDR bytes) and ends with BagError on damage): rosbags' Reader, or a recovery scan of storage files that rosbags
+    cannot open (a killed recorder's truncated .mcap/.db3)."""
     try:
         source: Any = _ReaderSource(_open_reader(path))
     except BagError as exc:
@@ -648,7 +650,7 @@ def read_frames(path: str, namespace: Optional[str] = None) -> Iterator[FrameRec
     mid-iteration after yielding what was readable."""
     bag = Path(path)
     typestore = make_typestore()  # sensor_msgs and vision_msgs 4.x have one wire layout on every supported distro
-    with _open_source(bag) as source:
+    with open_messages(bag) as source:
         camera = _camera(source.topics, namespace, bag)
         expected = {camera.image: (source.topics[camera.image], "image"), camera.gt_label: (IMAGE, "label"),
                     camera.gt_detections: (DETECTIONS, "detections")}

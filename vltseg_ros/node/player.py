@@ -31,7 +31,7 @@ from rclpy.serialization import deserialize_message
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
 
-from ..bag import BagError, _open_source
+from ..bag import BagError, open_messages
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 # Camera image topics by the image_pipeline naming convention; a bag's other Image topics (GT label masks) are not.
@@ -105,7 +105,7 @@ class BagPlayer:
         self._clock_ns = 0
         self._stack = ExitStack()
         # The bag module's source: rosbags for intact bags, a record/row scan for damaged ones.
-        self._source = self._stack.enter_context(_open_source(Path(path)))
+        self._source = self._stack.enter_context(open_messages(Path(path)))
         self.bag_topics: dict[str, str] = dict(self._source.topics)
         self.node = rclpy.create_node(node_name, context=context)
         self._stack.callback(self.node.destroy_node)
