@@ -173,15 +173,16 @@ def _read_yaml(path: str) -> dict:
     base = data.pop("base", None)
     if base:
         merged = _read_yaml(os.path.join(os.path.dirname(path), base))
-        _merge(merged, data)
+        deep_merge(merged, data)
         data = merged
     return data
 
 
-def _merge(into: dict, update: dict) -> None:
+def deep_merge(into: dict, update: dict) -> None:
+    """Merge nested dicts in place: mappings merge key by key, anything else replaces."""
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            deep_merge(into[key], value)
         else:
             into[key] = value
 

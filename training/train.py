@@ -36,7 +36,7 @@ from vltseg_ros.config import (
 )
 from vltseg_ros.model import VLTSeg, build_model, load_pretrained
 
-from .config import TrainConfig, load_config
+from .config import TrainConfig, deep_merge, load_config
 from .config import to_dict as config_to_dict
 from .datasets import build_dataset
 from .transforms import TrainTransform, collate
@@ -133,18 +133,10 @@ def build_model_config(cfg: TrainConfig) -> ModelConfig:
     """The ModelConfig for a run: preset + heads + overrides + drop path."""
     spec = cfg.model
     data = to_dict(model_preset(spec.preset, tuple(spec.heads)))
-    _deep_update(data, spec.overrides)
+    deep_merge(data, spec.overrides)
     if spec.drop_path_rate is not None:
         data["encoder"]["drop_path_rate"] = spec.drop_path_rate
     return model_config_from_dict(data)
-
-
-def _deep_update(into: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_update(into[key], value)
-        else:
-            into[key] = value
 
 
 def _encoder_depth_index(name: str, depth: int) -> Optional[int]:

@@ -227,11 +227,7 @@ class VLTSegNode(LifecycleNode):
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Unsubscribe, stop the inference thread and free GPU memory."""
-        self._stop_inference()
-        for cam in self.cameras:
-            for sub in cam.subscriptions:
-                self.destroy_subscription(sub)
-            cam.subscriptions.clear()
+        self._unsubscribe()
         if self.predictor is not None and self.predictor.device.type == "cuda":
             import torch
 
@@ -246,13 +242,16 @@ class VLTSegNode(LifecycleNode):
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         """Stop everything from any state."""
+        self._unsubscribe()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _unsubscribe(self) -> None:
         self._stop_inference()
         for cam in self.cameras:
             for sub in cam.subscriptions:
                 self.destroy_subscription(sub)
             cam.subscriptions.clear()
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
 
     def _release(self) -> None:
         for cam in self.cameras:
