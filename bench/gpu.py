@@ -135,7 +135,6 @@ def encoders(cfg: argparse.Namespace, device: torch.device, timer: Timer) -> Non
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
                 median, p90 = timer(lambda: fn(x))
             emit(f"| {name} | {size[0]}x{size[1]} | {mode} | {median:.1f} | {p90:.1f} |")
-        del encoder
 
 
 @section("Full predictor (bf16, batch 1, uint8 frame in -> label map + boxes at source size)",
@@ -145,10 +144,9 @@ def full_predictor(cfg: argparse.Namespace, device: torch.device, timer: Timer) 
         image = frames(1, size)
         for compiled in (False, True):
             predictor = make_predictor(name, ("seg", "det"), size, device, "bf16", compile=compiled)
-            median, p90 = timer(lambda: predictor.predict(image))
+            median, p90 = timer(lambda p=predictor: p.predict(image))
             emit(f"| {name} seg+det | {size[0]}x{size[1]} | {'compiled' if compiled else 'eager'} | "
                  f"{median:.1f} | {p90:.1f} | p50 <= {target} ms |")
-            del predictor
 
 
 @section("Peers (transformers, random weights, to a label map)", "| model | input | median ms | p90 ms |")
@@ -183,7 +181,6 @@ def peers(cfg: argparse.Namespace, device: torch.device, timer: Timer) -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             median, p90 = timer(run)
         emit(f"| {name} | {size[0]}x{size[1]} | {median:.1f} | {p90:.1f} |")
-        del model
 
 
 @section("JPEG decode and host->device copy", "| what | input | median ms | p90 ms |")
