@@ -169,9 +169,12 @@ def test_colour_order_is_honoured(ros, checkpoint):
         stop_node(node)
 
 
-@pytest.mark.parametrize("fmt", ["jpeg", "png"])
-def test_compressed_input(ros, checkpoint, fmt):
-    node = start_node(ros, checkpoint, input_transport="compressed")
+@pytest.mark.parametrize("fmt, decoder", [("jpeg", "opencv"), ("png", "opencv"), ("jpeg", "torchvision"),
+                                         ("png", "torchvision")])
+def test_compressed_input(ros, checkpoint, fmt, decoder):
+    """JPEG/PNG through OpenCV, and JPEG through torchvision (nvJPEG on CUDA; here its CPU path, PNG falls back)."""
+    node = start_node(ros, checkpoint, input_transport="compressed", jpeg_decoder=decoder)
+    assert (node._jpeg_device is not None) == (decoder == "torchvision")
     try:
         masks = ros.record(Image, "/vltseg/label_mask")
         pub = ros.publisher(CompressedImage, "/image/compressed", BEST_EFFORT)
@@ -308,9 +311,10 @@ def test_bad_raw_frames_are_rejected_and_counted(ros, checkpoint, case):
         stop_node(node)
 
 
+@pytest.mark.parametrize("decoder", ["opencv", "torchvision"])
 @pytest.mark.parametrize("payload", [b"", b"\xff\xd8\xff\xe0 truncated jpeg", b"\x89PNG\r\n\x1a\n broken"])
-def test_corrupt_compressed_frames_are_rejected(ros, checkpoint, payload):
-    node = start_node(ros, checkpoint, input_transport="compressed")
+def test_corrupt_compressed_frames_are_rejected(ros, checkpoint, payload, decoder):
+    node = start_node(ros, checkpoint, input_transport="compressed", jpeg_decoder=decoder)
     try:
         masks = ros.record(Image, "/vltseg/label_mask")
         pub = ros.publisher(CompressedImage, "/image/compressed")

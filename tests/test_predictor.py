@@ -153,3 +153,16 @@ def test_unknown_precision(tiny_checkpoint):
     with pytest.raises(ValueError, match="precision"):
         Predictor.from_checkpoint(tiny_checkpoint, precision="int4")
 
+
+
+def test_tensor_input_equals_numpy_input(predictor, rng):
+    """Frames already decoded into torch memory (nvJPEG on CUDA) give the same result as numpy frames."""
+    import torch
+
+    image = _image(rng, 90, 160)
+    a = predictor.predict([image])[0]
+    b = predictor.predict([torch.from_numpy(image)])[0]
+    assert np.array_equal(a.label_map, b.label_map)
+    np.testing.assert_allclose(a.boxes, b.boxes)
+    with pytest.raises(InputError, match="HxWx3 uint8"):
+        predictor.predict([torch.zeros(10, 10, 3, dtype=torch.float32)])

@@ -99,17 +99,23 @@ class Predictor:
         dtype = PRECISIONS[self.precision]
         return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
-    def _upload(self, image: np.ndarray, image_format: str) -> Tensor:
-        """HxWx3 uint8 numpy -> [1, 3, H, W] float32 RGB on the device (0-255 scale)."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+    def _upload(self, image: np.ndarray | Tensor, image_format: str) -> Tensor:
+        """HxWx3 uint8 numpy array or torch tensor (any device, e.g. decoded by nvJPEG) -> [1, 3, H, W] float32
+        RGB on the device (0-255 scale)."""
+        if not isinstance(image, (np.ndarray, Tensor)) or image.dtype not in (np.uint8, torch.uint8) \
+                or image.ndim != 3 or image.shape[2] != 3:
             shape = getattr(image, "shape", None)
             dtype = getattr(image, "dtype", type(image).__name__)
-            raise InputError(f"expected an HxWx3 uint8 array, got shape {shape} dtype {dtype}")
+            raise InputError(f"expected an HxWx3 uint8 array, got shape {tuple(shape) if shape else shape} "
+                             f"dtype {dtype}")
         if image.shape[0] < 1 or image.shape[1] < 1:
-            raise InputError(f"image has zero size: {image.shape}")
-        host = torch.from_numpy(np.ascontiguousarray(image))
-        if self.device.type == "cuda":
-            host = host.pin_memory()
+            raise InputError(f"image has zero size: {tuple(image.shape)}")
+        if isinstance(image, Tensor):
+            host = image
+        else:
+            host = torch.from_numpy(np.ascontiguousarray(image))
+            if self.device.type == "cuda":
+                host = host.pin_memory()
         tensor = host.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
         return tensor.flip(1) if image_format == "BGR" else tensor
 
@@ -119,10 +125,10 @@ class Predictor:
         return (images - self._mean) / self._std
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[np.ndarray], image_format: str | Sequence[str] = "RGB",
+    def predict(self, images: Sequence[np.ndarray | Tensor], image_format: str | Sequence[str] = "RGB",
                 return_confidence: bool = False) -> list[Prediction]:
-        """Run the network on HxWx3 uint8 images of any sizes as one batch. ``image_format`` is "RGB" or "BGR"
-        for all images, or one of those per image."""
+        """Run the network on HxWx3 uint8 images (numpy, or torch tensors already on a device) of any sizes as one
+        batch. ``image_format`` is "RGB" or "BGR" for all images, or one of those per image."""
         formats = [image_format] * len(images) if isinstance(image_format, str) else list(image_format)
         if len(formats) != len(images) or any(f not in ("RGB", "BGR") for f in formats):
             raise InputError(f"image_format must be 'RGB' or 'BGR' (one, or one per image), got {image_format!r}")

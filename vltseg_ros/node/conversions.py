@@ -83,6 +83,29 @@ def compressed_to_numpy(msg: CompressedImage, max_pixels: int = MAX_PIXELS) -> t
     return image, "BGR"
 
 
+def is_jpeg(msg: CompressedImage) -> bool:
+    """Whether a CompressedImage holds a JPEG (by its format string, or the JPEG magic bytes)."""
+    return "jpeg" in msg.format.lower() or "jpg" in msg.format.lower() or bytes(msg.data[:2]) == b"\xff\xd8"
+
+
+def jpeg_to_tensor(msg: CompressedImage, device, max_pixels: int = MAX_PIXELS):
+    """JPEG CompressedImage -> (HxWx3 uint8 RGB torch tensor on ``device``, "RGB"), decoded by torchvision
+    (nvJPEG on CUDA), so the frame never exists on the host."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = np.frombuffer(msg.data, dtype=np.uint8) if len(msg.data) else np.zeros(0, np.uint8)
+    if data.size == 0:
+        raise ImageError(f"empty compressed image (format {msg.format!r})")
+    try:
+        image = decode_jpeg(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as exc:
+        raise ImageError(f"cannot decode {data.size}-byte JPEG (format {msg.format!r}): {exc}") from exc
+    if image.shape[1] * image.shape[2] > max_pixels:
+        raise ImageError(f"decoded image {image.shape[2]}x{image.shape[1]} exceeds the {max_pixels}-pixel limit")
+    return image.permute(1, 2, 0), "RGB"
+
+
 def numpy_to_image(array_: np.ndarray, encoding: str, header, out: Optional[Image] = None) -> Image:
     """HxW or HxWxC uint8/float32 array -> Image with the given encoding and header (one memory copy)."""
     msg = out or Image()

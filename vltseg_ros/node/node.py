@@ -29,7 +29,7 @@ from vision_msgs.msg import (
 
 from ..labels import IGNORE_INDEX
 from ..visualize import draw_overlay, palette_lut
-from .conversions import ImageError, compressed_to_numpy, image_to_numpy, numpy_to_image
+from .conversions import ImageError, compressed_to_numpy, image_to_numpy, is_jpeg, jpeg_to_tensor, numpy_to_image
 from .parameters import PARAMETERS, SPECS
 from .stats import Counters, Percentiles, RateWindow
 
@@ -40,7 +40,7 @@ class Frame:
 
     camera: int
     header: Any
-    image: np.ndarray
+    image: Any  # HxWx3 uint8 numpy view, or a device tensor when JPEGs are decoded on the GPU
     image_format: str
     received: float  # node-clock seconds
 
@@ -83,6 +83,7 @@ class VLTSegNode(LifecycleNode):
         self._class_lut: Optional[np.ndarray] = None
         self._palette_lut: Optional[np.ndarray] = None
         self._keep_det_ids: Optional[set[int]] = None
+        self._jpeg_device = None  # torch device for torchvision JPEG decoding, None = OpenCV
 
     # ----------------------------------------------------------------------------------------------- parameters
     def _declare(self, spec) -> None:
@@ -162,6 +163,9 @@ class VLTSegNode(LifecycleNode):
             self.get_logger().error(f"cannot load checkpoint: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.predictor = predictor
+        decoder = self.param("jpeg_decoder")
+        use_torchvision = decoder == "torchvision" or (decoder == "auto" and predictor.device.type == "cuda")
+        self._jpeg_device = predictor.device if use_torchvision else None
         self._palette_lut = palette_lut(predictor.palette)
         self._build_class_filter(list(self.param("class_filter")))
         started = time.perf_counter()
@@ -294,7 +298,12 @@ class VLTSegNode(LifecycleNode):
         self.input_rate.tick(now)
         cam = self.cameras[camera]
         try:
-            image, image_format = compressed_to_numpy(msg) if compressed else image_to_numpy(msg)
+            if not compressed:
+                image, image_format = image_to_numpy(msg)
+            elif self._jpeg_device is not None and is_jpeg(msg):
+                image, image_format = jpeg_to_tensor(msg, self._jpeg_device)
+            else:
+                image, image_format = compressed_to_numpy(msg)
         except ImageError as exc:
             self._reject("compressed" if compressed else "image", f"{cam.image_topic}: {exc}")
             return
@@ -372,7 +381,8 @@ class VLTSegNode(LifecycleNode):
         if self.param("publish.detections") and self.predictor.has_det:
             pubs["detections"].publish(self._detections(header, boxes, class_ids, scores))
         if self.param("publish.overlay") and pubs["overlay"].get_subscription_count() > 0:
-            overlay = draw_overlay(frame.image, frame.image_format, label_map, self._palette_lut, boxes, class_ids,
+            image = frame.image if isinstance(frame.image, np.ndarray) else frame.image.cpu().numpy()
+            overlay = draw_overlay(image, frame.image_format, label_map, self._palette_lut, boxes, class_ids,
                                    scores, self.predictor.class_names, self.param("overlay_alpha"))
             pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header))
         now = self._now()

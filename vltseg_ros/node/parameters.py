@@ -97,6 +97,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
                                "arrive together from several cameras share one forward pass", str, read_only=True),
     ParamSpec("input_transport", "raw", "raw: sensor_msgs/Image on <camera>/image; compressed: CompressedImage on "
                                         "<camera>/image/compressed", str, read_only=True, choices=("raw", "compressed")),
+    ParamSpec("jpeg_decoder", "auto", "compressed input: auto = torchvision/nvJPEG straight to the GPU when the "
+                                      "model runs on CUDA, else OpenCV", str, read_only=True,
+              choices=("auto", "opencv", "torchvision")),
     ParamSpec("use_camera_info", False, "subscribe to <camera>/camera_info and reject frames whose size disagrees",
               bool, read_only=True),
     ParamSpec("input_qos.reliability", "best_effort", "input QoS reliability (best_effort also matches reliable "
