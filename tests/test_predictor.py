@@ -166,3 +166,15 @@ def test_tensor_input_equals_numpy_input(predictor, rng):
     np.testing.assert_allclose(a.boxes, b.boxes)
     with pytest.raises(InputError, match="HxWx3 uint8"):
         predictor.predict([torch.zeros(10, 10, 3, dtype=torch.float32)])
+
+
+@pytest.mark.slow
+def test_compiled_predictor_matches_eager_and_caches_kernels(tiny_checkpoint, rng, tmp_path):
+    image = _image(rng, 64, 128)
+    inference = InferenceConfig(mode="whole", size=[64, 128])
+    eager = Predictor.from_checkpoint(tiny_checkpoint, inference=inference).predict([image])[0]
+    cache = tmp_path / "inductor"
+    compiled = Predictor.from_checkpoint(tiny_checkpoint, inference=inference, compile=True,
+                                         compile_cache_dir=str(cache)).predict([image])[0]
+    assert (eager.label_map == compiled.label_map).mean() > 0.999
+    assert any(cache.rglob("*")), "the compile cache directory stayed empty"

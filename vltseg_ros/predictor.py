@@ -62,7 +62,8 @@ class Predictor:
         inference: Optional[InferenceConfig] = None,
         score_threshold: float = 0.0,
         max_batch: int = 8,
-        compile: bool = False,
+        compile: bool | str = False,
+        compile_cache_dir: Optional[str] = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -73,7 +74,7 @@ class Predictor:
         self.score_threshold = score_threshold
         self.max_batch = max_batch
         self.model = model.to(self.device).eval()
-        self._forward = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._forward = self._compiled(compile, compile_cache_dir) if compile else self.model
         norm = meta.normalization
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
@@ -88,10 +89,23 @@ class Predictor:
         self.has_seg = cfg.seg_head is not None
         self.has_det = cfg.det_head is not None
 
+    def _compiled(self, mode: bool | str, cache_dir: Optional[str]):
+        """torch.compile the network with static shapes. ``mode``: True/"default", "reduce-overhead" (CUDA graphs,
+        removes launch overhead at small inputs) or "max-autotune". Inductor's FX-graph cache lives in
+        ``cache_dir`` (or TORCHINDUCTOR_CACHE_DIR), so a restarted node reuses compiled kernels instead of paying
+        the compile again."""
+        import os
+
+        if cache_dir:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.expanduser(cache_dir)
+        torch._inductor.config.fx_graph_cache = True
+        return torch.compile(self.model, dynamic=False, mode=None if mode in (True, "default") else mode)
+
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", precision: str = "fp32",
                         **kwargs) -> "Predictor":
-        """Load a ``.safetensors`` checkpoint and wrap it (kwargs: inference, score_threshold, max_batch, compile)."""
+        """Load a ``.safetensors`` checkpoint and wrap it (kwargs: inference, score_threshold, max_batch, compile,
+        compile_cache_dir)."""
         model, meta = load_checkpoint(path)
         return cls(model, meta, device=device, precision=precision, **kwargs)
 

@@ -148,7 +148,9 @@ class VLTSegNode(LifecycleNode):
         try:
             predictor = Predictor.from_checkpoint(
                 path, device=device, precision=self.param("precision"),
-                score_threshold=self.param("score_threshold"), compile=self.param("compile"),
+                score_threshold=self.param("score_threshold"),
+                compile=self.param("compile_mode") if self.param("compile") else False,
+                compile_cache_dir=self.param("compile_cache_dir"),
             )
             mode = self.param("inference.mode")
             if mode != "checkpoint":
