@@ -106,7 +106,7 @@ def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int
     node = subprocess.Popen(
         [os.path.join(bindir, "vltseg_node"), "--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
          "-p", f"score_threshold:={threshold}", "-p", "use_sim_time:=true", "-p", "input_qos.reliability:=reliable",
-         "-p", "input_qos.depth:=5", "-r", "image:=/camera/image"],
+         "-p", "input_qos.depth:=50", "-p", "frame_queue:=50", "-r", "image:=/camera/image"],
         env=env, stdout=open(os.path.join(out, "node.log"), "w"), stderr=subprocess.STDOUT)
     evaluator = subprocess.Popen(
         [os.path.join(bindir, "vltseg_eval_node"), "--ros-args", "-p", f"output_dir:={out}",

@@ -54,7 +54,8 @@ class Scorer:
         return out
 
 
-def write_report(results: dict[str, dict], out_dir: str, class_names: Sequence[str], header: dict) -> dict[str, str]:
+def write_report(results: dict[str, dict], out_dir: str, class_names: Sequence[str], header: dict,
+                 plots: bool = True) -> dict[str, str]:
     """Write results.json, results.md, per_class_iou.png and confusion_<domain>.png; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "results.json"), "markdown": os.path.join(out_dir, "results.md")}
@@ -62,7 +63,8 @@ def write_report(results: dict[str, dict], out_dir: str, class_names: Sequence[s
         json.dump({**header, "results": results}, f, indent=1)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(markdown_table(results, class_names))
-    paths.update(plot_results(results, class_names, out_dir))
+    if plots:  # matplotlib holds the GIL for a second or more: periodic rewrites skip it
+        paths.update(plot_results(results, class_names, out_dir))
     return paths
 
 

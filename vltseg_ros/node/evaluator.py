@@ -321,7 +321,7 @@ class EvaluatorNode(Node):
             if self._scorer is None and self._backlog:
                 self.get_logger().warning("no LabelInfo received; naming classes by the Cityscapes trainIds")
                 self._start_scoring(list(CITYSCAPES_CLASSES))
-            result = self.write_outputs()
+            result = self.write_outputs(plots=True)
             self.done.set()
         seg, det, lat = result.get("segmentation"), result.get("detection"), result.get("latency_ms")
         self.get_logger().info(
@@ -331,8 +331,9 @@ class EvaluatorNode(Node):
             + (f", latency p50 {lat['p50']:.1f} ms" if lat else ""))
         return result
 
-    def write_outputs(self) -> dict:
-        """Append new frames.jsonl lines and rewrite results.json/results.md/plots; returns the summary."""
+    def write_outputs(self, plots: bool = False) -> dict:
+        """Append new frames.jsonl lines and rewrite results.json/results.md (and the plots when ``plots``: they
+        take seconds of GIL time, which would stall a node sharing this process); returns the summary."""
         with self._lock:
             result = self.summary()
             lines, self._lines = self._lines, []
@@ -346,7 +347,7 @@ class EvaluatorNode(Node):
                 header = {"source": "vltseg_eval_node", "stamp_matching": "exact",
                           "topics": {**self._topics, "image": self.param("image_topic")},
                           "score_threshold": self.param("score_threshold")}
-                write_report({self.param("domain_name"): result}, self._output_dir, names, header)
+                write_report({self.param("domain_name"): result}, self._output_dir, names, header, plots=plots)
             return result
 
 

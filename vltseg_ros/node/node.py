@@ -7,6 +7,7 @@ whatever the slots hold (several cameras -> one batch), so a slow model drops st
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -74,7 +75,7 @@ class VLTSegNode(LifecycleNode):
         self.output_rate = RateWindow()
         self.latency_ms = Percentiles()
         self.inference_ms = Percentiles()
-        self._slots: dict[int, Frame] = {}
+        self._slots: dict[int, collections.deque[Frame]] = {}  # camera -> frames waiting for inference
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
@@ -316,9 +317,10 @@ class VLTSegNode(LifecycleNode):
             return
         frame = Frame(camera, msg.header, image, image_format, now)
         with self._cond:
-            if camera in self._slots:
-                self.counters.add("dropped")  # overwritten before inference took it: a stale frame
-            self._slots[camera] = frame
+            queue = self._slots.setdefault(camera, collections.deque(maxlen=self.param("frame_queue")))
+            if len(queue) == queue.maxlen:
+                self.counters.add("dropped")  # the oldest waiting frame is pushed out: a stale frame
+            queue.append(frame)
             self._cond.notify_all()
 
     # --------------------------------------------------------------------------------------------- inference
@@ -330,7 +332,9 @@ class VLTSegNode(LifecycleNode):
                 # Wait briefly for the other cameras so simultaneous frames share one forward pass.
                 self._cond.wait_for(lambda: len(self._slots) >= cameras or self._stop.is_set(),
                                     timeout=self.param("batch_timeout_ms") / 1000.0)
-            frames = [self._slots.pop(k) for k in sorted(self._slots)]
+            frames = [self._slots[k].popleft() for k in sorted(self._slots)]
+            for camera in [k for k, queue in self._slots.items() if not queue]:
+                del self._slots[camera]
         return frames
 
     def _inference_loop(self) -> None:

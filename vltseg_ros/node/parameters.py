@@ -112,6 +112,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("input_qos.depth", 1, "input queue depth (1 = always the newest frame)", int, read_only=True,
               low=1, high=100),
     ParamSpec("output_qos.depth", 5, "output queue depth (reliable, volatile)", int, read_only=True, low=1, high=100),
+    ParamSpec("frame_queue", 1, "frames kept per camera while the model is busy: 1 = only the newest (stale frames "
+                                "are dropped and counted); more = score every frame of a replay, latency grows", int,
+              read_only=True, low=1, high=1000),
     ParamSpec("max_frame_age_s", 0.0, "drop frames older than this (node clock - header stamp); 0 = off", float,
               low=0.0, high=3600.0),
     ParamSpec("batch_timeout_ms", 10.0, "with several cameras: how long to wait for the other cameras' frames",
