@@ -102,6 +102,9 @@ def test_invalid_config_in_metadata(tmp_path, tiny_checkpoint):
     _rewrite(tiny_checkpoint, path, meta_edit=lambda m: m["model"].update(colour="blue"))
     with pytest.raises(CheckpointError, match=r"unknown key\(s\) \['colour'\]"):
         load_checkpoint(path)
+    _rewrite(tiny_checkpoint, path, meta_edit=lambda m: m["model"]["seg_head"].update(num_queries="many"))
+    with pytest.raises(CheckpointError, match=r"model.seg_head.num_queries: expected a number, got 'many'"):
+        load_checkpoint(path)
 
 
 def test_missing_and_unexpected_keys_are_named(tmp_path, tiny_checkpoint):

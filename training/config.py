@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
-from vltseg_ros.config import ConfigError, InferenceConfig, validate_inference_config
+from vltseg_ros.config import ConfigError, InferenceConfig, from_dict, validate_inference_config
 
 
 @dataclass
@@ -105,54 +105,9 @@ class TrainConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(cls) and isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
-    hints = {"train": DatasetSpec, "model": ModelSpec, "data": DataSpec, "optim": OptimSpec,
-             "schedule": ScheduleSpec, "inference": InferenceConfig}
-    kwargs = {}
-    for key, value in data.items():
-        nested = hints.get(key)
-        if key == "val" and cls is DataSpec:
-            kwargs[key] = [_build(DatasetSpec, v, f"{where}.val[{i}]") for i, v in enumerate(value or [])]
-        elif nested is not None:
-            kwargs[key] = _build(nested, value, f"{where}.{key}")
-        else:
-            kwargs[key] = _coerce(fields[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
-    """Give scalars the type of the field's default (YAML reads ``2e-4`` as a string, ``1`` as an int)."""
-    default = spec.default
-    if value is None or default is dataclasses.MISSING or default is None or isinstance(default, bool):
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if isinstance(default, (int, float)):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(default, int) and not isinstance(default, float):
-            if number != int(number):
-                raise ConfigError(f"{where}: expected an integer, got {value!r}")
-            return int(number)
-        return number
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
 def config_from_dict(data: dict) -> TrainConfig:
     """Build and validate a TrainConfig from nested dicts (YAML)."""
-    cfg = _build(TrainConfig, data, "config")
+    cfg = from_dict(TrainConfig, data, "config")
     validate(cfg)
     return cfg
 

@@ -6,6 +6,7 @@ flags) and trusted afterwards. ``to_dict``/``from_dict`` round-trip exactly, whi
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -108,45 +109,76 @@ class InferenceConfig:
     stride: int = 426
 
 
-_NESTED = {
-    "encoder": EncoderConfig,
-    "pyramid": PyramidConfig,
-    "seg_head": SegHeadConfig,
-    "det_head": DetHeadConfig,
-}
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from nested dicts (JSON/YAML), validating once at the edge: unknown keys are
+    errors, nested dataclass fields (also ``Optional[...]`` and ``list[...]`` of them) are built recursively from
+    the type hints, and scalars take the type of their field's default."""
+    if isinstance(data, cls):
+        return data
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        nested = _NESTED.get(key) if cls is ModelConfig else None
-        kwargs[key] = _build(nested, value, f"{where}.{key}") if nested and value is not None else value
-    return cls(**kwargs)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{key: _field_value(hints[key], fields[key], value, f"{where}.{key}") for key, value in data.items()})
+
+
+def _field_value(hint: Any, spec: dataclasses.Field, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        hint, args = args[0], list(typing.get_args(args[0]))
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return [from_dict(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    return _coerce(spec, value, where)
+
+
+def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
+    """Give scalars the type of the field's default (YAML reads ``2e-4`` as a string, ``1`` as an int)."""
+    default = spec.default
+    if value is None or default is dataclasses.MISSING or default is None or isinstance(default, bool):
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(default, int) and not isinstance(default, float):
+            if number != int(number):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            return int(number)
+        return number
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
 
 
 def model_config_from_dict(data: dict) -> ModelConfig:
     """Build and validate a ModelConfig from its ``to_dict`` form."""
-    cfg = _build(ModelConfig, data, "model")
+    cfg = from_dict(ModelConfig, data, "model")
     validate_model_config(cfg)
     return cfg
 
 
 def inference_config_from_dict(data: dict) -> InferenceConfig:
     """Build and validate an InferenceConfig."""
-    cfg = _build(InferenceConfig, data, "inference")
+    cfg = from_dict(InferenceConfig, data, "inference")
     validate_inference_config(cfg)
     return cfg
 
 
 def normalization_from_dict(data: dict) -> NormalizationConfig:
     """Build and validate a NormalizationConfig."""
-    cfg = _build(NormalizationConfig, data, "normalization")
+    cfg = from_dict(NormalizationConfig, data, "normalization")
     if len(cfg.mean) != 3 or len(cfg.std) != 3 or min(cfg.std) <= 0:
         raise ConfigError("normalization: mean and std need 3 values each, std > 0")
     return cfg
