@@ -7,6 +7,7 @@ import torch
 
 from vltseg_ros.config import model_preset
 from vltseg_ros.model import ENCODERS, build_model
+from vltseg_ros.model.detection import unpad_detections
 
 
 def _targets():
@@ -83,7 +84,7 @@ def test_inputs_not_multiple_of_patch_are_padded_and_cropped(tiny_model):
     with torch.no_grad():
         out = tiny_model(torch.randn(2, 3, 70, 101))
     assert out["seg_scores"].shape == (2, 19, 70, 101)
-    for det in out["detections"]:
+    for det in unpad_detections(out["detections"]):
         assert det["boxes"].shape[1] == 4
         if len(det["boxes"]):
             assert float(det["boxes"][:, 2].max()) <= 101 and float(det["boxes"][:, 3].max()) <= 70
@@ -112,4 +113,5 @@ def test_full_network_shapes_for_every_encoder(name):
         out = model(torch.randn(1, 3, height, width))
     assert out["seg_scores"].shape == (1, 19, height, width)
     assert torch.isfinite(out["seg_scores"]).all()
-    assert out["detections"][0]["boxes"].shape[-1] == 4
+    det = out["detections"]
+    assert det["boxes"].shape == (1, model.cfg.det_head.box_detections_per_img, 4) and det["count"].shape == (1,)

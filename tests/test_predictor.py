@@ -178,3 +178,17 @@ def test_compiled_predictor_matches_eager_and_caches_kernels(tiny_checkpoint, rn
                                          compile_cache_dir=str(cache)).predict([image])[0]
     assert (eager.label_map == compiled.label_map).mean() > 0.999
     assert any(cache.rglob("*")), "the compile cache directory stayed empty"
+
+
+def test_cuda_graph_mode_copies_outputs_before_the_next_batch(tiny_checkpoint, rng):
+    """With CUDA graphs a replay overwrites the previous outputs; the predictor holds several batches' results
+    (max_batch chunks, sliding windows), so it copies them. The copy path must give identical results."""
+    images = [_image(rng, 90, 160) for _ in range(3)]
+    inference = InferenceConfig(mode="slide", size=[64, 128], fit_size=[64, 128], window=64, stride=48)
+    plain = Predictor.from_checkpoint(tiny_checkpoint, inference=inference, max_batch=2)
+    copied = Predictor.from_checkpoint(tiny_checkpoint, inference=inference, max_batch=2)
+    copied._cuda_graphs = True
+    for a, b in zip(plain.predict(images), copied.predict(images)):
+        assert np.array_equal(a.label_map, b.label_map)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.box_class_ids, b.box_class_ids)

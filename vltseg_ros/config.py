@@ -71,6 +71,10 @@ class DetHeadConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    # Inference only (fixed-shape path): class-wise NMS runs over this many best-scoring candidates per image, and
+    # compiled / exported graphs unroll NMS for ``nms_unroll`` steps (eager mode iterates to the exact result).
+    box_nms_candidates: int = 2000
+    nms_unroll: int = 16
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """ONNX export of the network (encoder + heads) for onnxruntime / TensorRT deployments, with a numerical check.
 
-The graph takes normalised images [B, 3, H, W] at one fixed size (position embedding resampled and RoPE grid
-precomputed for it, so the graph has no resampling) and returns ``seg_scores`` [B, K, H, W] and, with a detection
-head, ``boxes`` [N, 4] xyxy, ``scores`` [N], ``labels`` [N] (0-based detection classes) for the first image.
-The batch is dynamic for segmentation-only checkpoints. torchvision's RPN and RoI stages loop over images in
-Python, which tracing unrolls, so a graph with the detection head is exported for a fixed batch (``batch``).
+The graph takes normalised images [B, 3, H, W] (dynamic batch) at one fixed size (position embedding resampled and
+RoPE grid precomputed for it, so the graph has no resampling) and returns ``seg_scores`` [B, K, H, W] and, with a
+detection head, ``boxes`` [B, D, 4] xyxy, ``scores`` [B, D], ``labels`` [B, D] (0-based detection classes) and
+``count`` [B] (image b's detections are its first ``count[b]`` rows; the layout of TensorRT's EfficientNMS).
+The detection head's fixed-shape inference path (``DetectionHead.infer``) has no per-image loops, so tracing keeps
+the batch dynamic; its NMS is unrolled for ``nms_unroll`` steps.
 """
 from __future__ import annotations
 
@@ -49,43 +50,41 @@ class ExportGraph(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        """Normalised images -> (seg_scores?, boxes?, scores?, labels?) in that order, for the heads present."""
+        """Normalised images -> (seg_scores?, boxes?, scores?, labels?, count?) for the heads present."""
         out = self.model(images)
         outputs: tuple[Tensor, ...] = ()
         if "seg_scores" in out:
             outputs += (out["seg_scores"],)
         if "detections" in out:
-            det = out["detections"][0]
-            outputs += (det["boxes"], det["scores"], det["labels"])
+            det = out["detections"]
+            outputs += (det["boxes"], det["scores"], det["labels"], det["count"])
         return outputs
 
 
 def output_names(model: VLTSeg) -> list[str]:
     """Names of the exported outputs, in order."""
     names = ["seg_scores"] if model.seg_head is not None else []
-    return names + (["boxes", "scores", "labels"] if model.det_head is not None else [])
+    return names + (["boxes", "scores", "labels", "count"] if model.det_head is not None else [])
 
 
 def export_onnx(model: VLTSeg, meta: CheckpointMeta, path: str, height: int, width: int, batch: int = 1,
                 opset: int = 17) -> dict:
-    """Export and verify with onnxruntime on CPU; returns the max abs error per output and the graph's batch mode."""
+    """Export (traced with ``batch`` images, dynamic batch) and verify with onnxruntime on CPU with a different
+    batch size; returns the max abs error per output."""
     fixed = fixed_size_copy(model.cpu().eval(), height, width)
     graph = ExportGraph(fixed).eval()
     names = output_names(fixed)
-    dynamic = fixed.det_head is None
     example = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
-    axes = {"images": {0: "batch"}, **({"seg_scores": {0: "batch"}} if dynamic else {})}
+    axes = {name: {0: "batch"} for name in ["images", *names]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python control flow in torchvision/timm
         with torch.no_grad():
             torch.onnx.export(graph, (example,), path, input_names=["images"], output_names=names,
-                              dynamic_axes=axes if dynamic else None, opset_version=opset, dynamo=False)
-    check_batch = batch + 1 if dynamic else batch
-    errors = verify_onnx(path, graph, torch.randn(check_batch, 3, height, width,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+    errors = verify_onnx(path, graph, torch.randn(batch + 1, 3, height, width,
                                                   generator=torch.Generator().manual_seed(1)), names)
-    return {"path": path, "outputs": names, "dynamic_batch": dynamic, "batch": None if dynamic else batch,
-            "input_size": [height, width], "max_abs_error": errors, "normalization": {
-                "mean": meta.normalization.mean, "std": meta.normalization.std}}
+    return {"path": path, "outputs": names, "dynamic_batch": True, "input_size": [height, width],
+            "max_abs_error": errors, "normalization": {"mean": meta.normalization.mean, "std": meta.normalization.std}}
 
 
 def verify_onnx(path: str, graph: nn.Module, images: Tensor, names: list[str]) -> dict[str, Optional[float]]:

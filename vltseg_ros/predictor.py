@@ -19,6 +19,7 @@ from torchvision.ops import batched_nms
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .config import InferenceConfig
 from .labels import IGNORE_INDEX
+from .model.detection import unpad_detections
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -75,6 +76,8 @@ class Predictor:
         self.max_batch = max_batch
         self.model = model.to(self.device).eval()
         self._forward = self._compiled(compile, compile_cache_dir) if compile else self.model
+        # CUDA-graph replays reuse their output buffers, and results of one batch are held while the next runs.
+        self._cuda_graphs = compile == "reduce-overhead" and self.device.type == "cuda"
         norm = meta.normalization
         self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
@@ -99,7 +102,10 @@ class Predictor:
         if cache_dir:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.expanduser(cache_dir)
         torch._inductor.config.fx_graph_cache = True
-        return torch.compile(self.model, dynamic=False, mode=None if mode in (True, "default") else mode)
+        # fullgraph: eval mode has no graph breaks (fixed-shape detection), so "reduce-overhead" captures the
+        # whole network in one CUDA graph; a break would be a regression and fails loudly here.
+        return torch.compile(self.model, dynamic=False, fullgraph=True,
+                             mode=None if mode in (True, "default") else mode)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", precision: str = "fp32",
@@ -157,7 +163,12 @@ class Predictor:
 
     def _run(self, batch: Tensor) -> dict:
         with self._autocast():
-            return self._forward(batch)
+            if not self._cuda_graphs:
+                return self._forward(batch)
+            torch.compiler.cudagraph_mark_step_begin()
+            out = self._forward(batch)
+        return {key: value.clone() if isinstance(value, Tensor) else {k: v.clone() for k, v in value.items()}
+                for key, value in out.items()}
 
     def _whole(self, tensors: list[Tensor]) -> tuple[list, list]:
         size = self.inference.size
@@ -167,11 +178,12 @@ class Predictor:
             chunk = tensors[start:start + self.max_batch]
             batch = torch.cat([self._normalise(t, size) for t in chunk])
             out = self._run(batch)
+            dets = unpad_detections(out["detections"]) if self.has_det else None
             for i, t in enumerate(chunk):
                 src_h, src_w = t.shape[-2:]
                 scores.append(self._resize_scores(out["seg_scores"][i:i + 1], (src_h, src_w))
                               if self.has_seg else None)
-                detections.append(self._scale_boxes(out["detections"][i], src_h / size[0], src_w / size[1])
+                detections.append(self._scale_boxes(dets[i], src_h / size[0], src_w / size[1])
                                   if self.has_det else None)
         return scores, detections
 
@@ -192,12 +204,13 @@ class Predictor:
                 chunk = crops[start:start + self.max_batch]
                 batch = torch.cat([image[..., y:y + win_h, x:x + win_w] for y, x in chunk])
                 out = self._run(batch)
+                dets = unpad_detections(out["detections"]) if self.has_det else None
                 for i, (y, x) in enumerate(chunk):
                     count[..., y:y + win_h, x:x + win_w] += 1
                     if self.has_seg:
                         total[..., y:y + win_h, x:x + win_w] += out["seg_scores"][i:i + 1]
                     if self.has_det:
-                        det = out["detections"][i]
+                        det = dets[i]
                         boxes.append(det["boxes"] + det["boxes"].new_tensor([x, y, x, y]))
                         box_scores.append(det["scores"])
                         labels.append(det["labels"])

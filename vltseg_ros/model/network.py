@@ -43,7 +43,7 @@ class VLTSeg(nn.Module):
                 oversample_ratio=s.oversample_ratio, importance_sample_ratio=s.importance_sample_ratio,
             )
         if cfg.det_head is not None:
-            self.det_head = DetectionHead(width, cfg.det_head)
+            self.det_head = DetectionHead(width, cfg.det_head, self.encoder.patch_size)
 
     @property
     def patch_size(self) -> int:
@@ -63,9 +63,12 @@ class VLTSeg(nn.Module):
     ) -> dict[str, Any]:
         """Training mode: weighted losses (``loss_*``) for the heads whose targets are given.
 
-        Eval mode: ``seg_scores`` [B, K, H, W] per-class scores at the input size, and ``detections``: per image
-        ``boxes`` [N, 4] xyxy (input pixels), ``labels`` [N] (0-based indices into the detection classes),
-        ``scores`` [N]. ``image_sizes`` gives the valid (H, W) per image when a batch holds padded images.
+        Eval mode: ``seg_scores`` [B, K, H, W] per-class scores at the input size, and ``detections``: fixed-shape
+        ``boxes`` [B, D, 4] xyxy (input pixels), ``scores`` [B, D], ``labels`` [B, D] (0-based indices into the
+        detection classes) and ``count`` [B]: image b's detections are its first ``count[b]`` rows, by descending
+        score (``unpad_detections`` gives per-image lists). Eval mode has no data-dependent shapes or host syncs
+        (one CUDA graph can hold it). ``image_sizes`` gives the valid (H, W) per image when a batch holds padded
+        images.
         ``seg_targets``: [B, H, W] int64 trainIds (255 ignored); ``det_targets``: per image ``boxes`` [N, 4] xyxy
         and ``labels`` [N] 0-based.
         """
@@ -81,8 +84,7 @@ class VLTSeg(nn.Module):
                 out.update(self.seg_loss(self.seg_head(pyramid), targets))
             if det_targets is not None and self.det_head is not None:
                 shifted = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in det_targets]
-                _, losses = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes, shifted)
-                out.update(losses)
+                out.update(self.det_head(pyramid, tuple(padded.shape[-2:]), sizes, shifted))
             return out
         if self.seg_head is not None:
             pred = self.seg_head(pyramid)
@@ -92,11 +94,7 @@ class VLTSeg(nn.Module):
             )
             out["seg_scores"] = scores[..., :height, :width]
         if self.det_head is not None:
-            detections, _ = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes)
-            out["detections"] = [
-                {"boxes": d["boxes"].float(), "labels": d["labels"] - 1, "scores": d["scores"].float()}
-                for d in detections
-            ]
+            out["detections"] = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes)
         return out
 
     def parameter_groups(self) -> dict[str, list[str]]:

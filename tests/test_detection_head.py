@@ -1,0 +1,113 @@
+"""The detection head's fixed-shape inference path: equal to torchvision's own test-time path, exact RoI scales for
+patch-14 pyramids, and one graph for torch.compile (no breaks, no data-dependent shapes)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torchvision.ops import batched_nms
+
+from vltseg_ros.config import model_preset
+from vltseg_ros.model import ENCODERS, build_model
+from vltseg_ros.model.detection import exact_scale_roi_align, nms_keep, unpad_detections
+from vltseg_ros.model.encoder import EncoderSpec, pad_to_multiple
+
+
+def _clustered_boxes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense jittered clusters (long suppression chains, like RPN proposals), sorted by descending score."""
+    g = torch.Generator().manual_seed(seed)
+    centres, sizes = torch.rand(15, 2, generator=g) * 600, torch.rand(15, 2, generator=g) * 120 + 20
+    which = torch.randint(0, 15, (n,), generator=g)
+    centre = centres[which] + torch.randn(n, 2, generator=g) * sizes[which] * 0.15
+    size = sizes[which] * (1 + 0.15 * torch.randn(n, 2, generator=g)).clamp(min=0.3)
+    boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+    scores = torch.rand(n, generator=g)
+    order = scores.argsort(descending=True)
+    return boxes[order], scores[order], torch.randint(0, 3, (n,), generator=g)[order]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.7])
+def test_nms_keep_is_greedy_nms(threshold):
+    boxes, scores, groups = _clustered_boxes(800, seed=int(threshold * 10))
+    valid = torch.rand(800, generator=torch.Generator().manual_seed(1)) > 0.1
+    expected = torch.zeros(800, dtype=torch.bool)
+    index = valid.nonzero().flatten()
+    expected[index[batched_nms(boxes[index], scores[index], groups[index], threshold)]] = True
+    assert torch.equal(nms_keep(boxes, valid, threshold, groups=groups), expected)  # to the fixed point
+    assert torch.equal(nms_keep(boxes, valid, threshold, groups=groups, unroll=16), expected)
+    assert not torch.equal(nms_keep(boxes, valid, threshold, groups=groups, unroll=1), expected)  # Fast NMS
+    batched = nms_keep(torch.stack([boxes, boxes.flip(0)]), torch.stack([valid, valid.flip(0)]), threshold,
+                       groups=torch.stack([groups, groups.flip(0)]))
+    assert torch.equal(batched[0], expected)
+
+
+@pytest.fixture
+def tiny_patch14(monkeypatch):
+    """A tiny EVA02 with patch 14 (the L/14 encoders' 3.5/7/14/28 pyramid strides)."""
+    spec = ENCODERS["eva02_tiny"]
+    monkeypatch.setitem(ENCODERS, "eva02_tiny14", EncoderSpec("eva02_large_patch14_clip_224", spec.taps,
+                                                             overrides=dict(spec.overrides)))
+    return "eva02_tiny14"
+
+
+def _confident_det_model(name: str):
+    torch.manual_seed(0)
+    model = build_model(model_preset(name, ("det",))).eval()
+    with torch.no_grad():  # peaky class scores and spread boxes: distinct detections, fewer than the cap
+        model.det_head.roi_heads.box_predictor.cls_score.weight.mul_(20)
+        model.det_head.roi_heads.box_predictor.bbox_pred.weight.mul_(20)
+    model.det_head.roi_heads.score_thresh = 0.8
+    return model
+
+
+@pytest.mark.parametrize("patch", [16, 14])
+def test_fixed_shape_inference_equals_torchvision(patch, tiny_patch14):
+    model = _confident_det_model("eva02_tiny" if patch == 16 else tiny_patch14)
+    assert model.patch_size == patch
+    height, width = 8 * patch, 16 * patch
+    sizes = [(height, width), (height - 20, width - 37)]  # the second image is padded
+    with torch.no_grad():
+        pyramid = model.features(pad_to_multiple(torch.randn(2, 3, height, width), patch))
+        expected = model.det_head.reference_inference(pyramid, (height, width), sizes)
+        padded = model.det_head(pyramid, (height, width), sizes)
+    got = unpad_detections(padded)
+    assert padded["boxes"].shape == (2, 100, 4)
+    for ref, det, (h, w) in zip(expected, got, sizes):
+        assert 0 < len(det["boxes"]) == len(ref["boxes"]) < 100
+        torch.testing.assert_close(det["boxes"], ref["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(det["scores"], ref["scores"], rtol=0, atol=1e-5)
+        assert torch.equal(det["labels"], ref["labels"] - 1)
+        assert float(det["boxes"][:, 2].max()) <= w and float(det["boxes"][:, 3].max()) <= h
+    for key in ("boxes", "scores", "labels"):  # padding rows are zeros
+        assert not padded[key][1, int(padded["count"][1]):].any()
+
+
+def test_roi_pooling_uses_exact_patch14_strides():
+    names = ["0", "1", "2", "3"]
+    pool = exact_scale_roi_align(names, patch_size=14)
+    strides = [3.5, 7.0, 14.0, 28.0]
+    grid = (16, 32)  # patch grid of a 224x448 input
+    features = OrderedDict()
+    for name, stride in zip(names, strides):
+        size = (int(grid[0] * 14 / stride), int(grid[1] * 14 / stride))
+        x_centres = (torch.arange(size[1], dtype=torch.float32) + 0.5) * stride  # each cell holds its x in pixels
+        features[name] = x_centres.expand(1, 1, *size).contiguous()
+    for box in ([300.0, 40.0, 330.0, 70.0], [150.0, 20.0, 420.0, 200.0]):  # levels 2 and 4 by the FPN rule
+        pooled = pool(features, [torch.tensor([box])], [(224, 448)])
+        centre = (box[0] + box[2]) / 2
+        assert abs(float(pooled.mean()) - centre) < 14, (box, float(pooled.mean()))
+
+
+def test_eval_network_compiles_to_one_graph():
+    """fullgraph=True fails on any graph break, host sync or data-dependent shape: the property that lets
+    ``compile_mode: reduce-overhead`` put the whole network in one CUDA graph."""
+    torch.manual_seed(0)
+    model = build_model(model_preset("eva02_tiny", ("seg", "det"))).eval()
+    images = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        eager = model(images)
+        compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=False)(images)
+    torch.testing.assert_close(compiled["seg_scores"], eager["seg_scores"])
+    for key in ("boxes", "scores", "labels", "count"):
+        torch.testing.assert_close(compiled["detections"][key], eager["detections"][key])
