@@ -1,13 +1,14 @@
 """VLTDet detection head: torchvision Faster R-CNN (FPN + RPN + RoI heads) over the shared feature pyramid.
 
-Training runs torchvision's modules unchanged (anchor matching, sampling, losses). Inference runs the same
-modules' weights through a fixed-shape re-implementation of torchvision's test-time path (``DetectionHead.infer``):
-no per-image Python loops, no data-dependent shapes and no host synchronisation, so the whole network can be
-captured in one CUDA graph (``torch.compile(mode="reduce-overhead")``) and exported to ONNX with a dynamic batch.
-Its output is padded to ``box_detections_per_img`` per image, sorted by score, with a per-image count (the layout
-of TensorRT's EfficientNMS plugin). It equals torchvision's own test path (tested), with two documented bounds:
-the class-wise NMS sees the ``box_nms_candidates`` best-scoring candidates per image, and traced/compiled graphs
-unroll NMS for ``nms_unroll`` steps (eager mode iterates to the exact greedy result).
+Training runs torchvision's modules unchanged (anchor matching, sampling, losses). While compiling or tracing,
+inference runs the same weights through a fixed-shape re-implementation of torchvision's test-time path
+(``DetectionHead.infer``): no per-image Python loops, no data-dependent shapes and no host synchronisation, so the
+whole network can be captured in one CUDA graph (``torch.compile(mode="reduce-overhead")``) and exported to ONNX
+with a dynamic batch. It equals torchvision's own test path (tested), with two documented bounds: the class-wise
+NMS sees the ``box_nms_candidates`` best-scoring candidates per image, and traced/compiled graphs unroll NMS for
+``nms_unroll`` steps (forced in eager mode, it iterates to the exact greedy result). Eager inference runs
+torchvision's path itself. Either way the output is padded to ``box_detections_per_img`` per image, sorted by
+score, with a per-image count (the layout of TensorRT's EfficientNMS plugin).
 """
 from __future__ import annotations
 
@@ -112,6 +113,10 @@ class DetectionHead(nn.Module):
     def __init__(self, in_channels: int, cfg: DetHeadConfig, patch_size: int = 16):
         super().__init__()
         self.cfg = cfg
+        # Eval path: None = the fixed-shape path while compiling or tracing and torchvision's own path in eager
+        # mode (the same detections, tested; torchvision's is faster on CPU, where pooling every RoI from every
+        # level costs more than the loops it saves). True / False force one of them.
+        self.fixed_shape: Optional[bool] = None
         names = ["0", "1", "2", "3"]
         self.fpn = FeaturePyramidNetwork([in_channels] * 4, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
         levels = len(names) + 1
@@ -147,7 +152,10 @@ class DetectionHead(nn.Module):
         """
         features = self.fpn(OrderedDict((str(i), x) for i, x in enumerate(pyramid)))
         if not self.training:
-            return self.infer(features, input_size, image_sizes)
+            fixed = _is_static_capture() if self.fixed_shape is None else self.fixed_shape
+            if fixed:
+                return self.infer(features, input_size, image_sizes)
+            return self._pad(self._torchvision_inference(features, input_size, image_sizes))
         images = self._image_list(pyramid[0], input_size, image_sizes)
         proposals, rpn_losses = self.rpn(images, features, targets)
         _, roi_losses = self.roi_heads(features, proposals, image_sizes, targets)
@@ -158,14 +166,26 @@ class DetectionHead(nn.Module):
         # The RPN and the anchor generator read only shapes from the tensor.
         return ImageList(like.new_empty((len(image_sizes), 0, *input_size)), image_sizes)
 
-    def reference_inference(self, pyramid: Sequence[Tensor], input_size: tuple[int, int],
-                            image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+    def _torchvision_inference(self, features: OrderedDict[str, Tensor], input_size: tuple[int, int],
+                               image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """torchvision's own test-time path (per-image loops, dynamic shapes): per image ``boxes``, ``scores``,
-        ``labels`` (1-based). The reference that :meth:`infer` is tested against."""
-        features = self.fpn(OrderedDict((str(i), x) for i, x in enumerate(pyramid)))
-        proposals, _ = self.rpn(self._image_list(pyramid[0], input_size, image_sizes), features)
+        ``labels`` (1-based)."""
+        proposals, _ = self.rpn(self._image_list(features["0"], input_size, image_sizes), features)
         detections, _ = self.roi_heads(features, proposals, image_sizes)
         return detections
+
+    def _pad(self, detections: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Per-image torchvision detections -> the padded layout of :meth:`infer` (labels made 0-based)."""
+        slots = self.roi_heads.detections_per_img
+        out = {"boxes": [], "scores": [], "labels": []}
+        for det in detections:
+            pad = slots - len(det["scores"])
+            out["boxes"].append(F.pad(det["boxes"].float(), (0, 0, 0, pad)))
+            out["scores"].append(F.pad(det["scores"].float(), (0, pad)))
+            out["labels"].append(F.pad(det["labels"] - 1, (0, pad)))
+        padded = {key: torch.stack(values) for key, values in out.items()}
+        padded["count"] = torch.tensor([len(d["scores"]) for d in detections], device=padded["scores"].device)
+        return padded
 
     def infer(self, features: OrderedDict[str, Tensor], input_size: tuple[int, int],
               image_sizes: list[tuple[int, int]]) -> dict[str, Tensor]:
