@@ -420,3 +420,12 @@ def test_node_in_its_own_process(ros, checkpoint, tmp_path):
     assert "loaded" in out, out
     assert proc.returncode in (0, -15), out
     assert rclpy.ok(context=ros.context)
+
+
+def test_compiled_multi_camera_node_warms_every_batch_size_it_will_see():
+    from vltseg_ros.node.node import warmup_batches
+
+    assert warmup_batches("whole", compiled=False, cameras=4, max_batch=8) == [1]
+    assert warmup_batches("whole", compiled=True, cameras=4, max_batch=8) == [1, 2, 3, 4]
+    assert warmup_batches("whole", compiled=True, cameras=12, max_batch=8) == list(range(1, 9))
+    assert warmup_batches("slide", compiled=True, cameras=4, max_batch=8) == [1]

@@ -60,6 +60,15 @@ class CameraIO:
         self.camera_info: Optional[CameraInfo] = None
 
 
+def warmup_batches(mode: str, compiled: bool, cameras: int, max_batch: int) -> list[int]:
+    """Batch sizes to run at configure time. A compiled network has one graph per input shape, and frames from
+    ``cameras`` cameras arrive in batches of 1..cameras, so each of those is compiled before the node goes live
+    (not minutes into a drive). Sliding-window inference runs one image at a time, so one frame covers its shapes."""
+    if not compiled or mode != "whole":
+        return [1]
+    return list(range(1, max(1, min(cameras, max_batch)) + 1))
+
+
 class VLTSegNode(LifecycleNode):
     """Lifecycle node running a VLTSeg/VLTDet checkpoint on one or more cameras."""
 
@@ -173,7 +182,10 @@ class VLTSegNode(LifecycleNode):
         self._build_class_filter(list(self.param("class_filter")))
         started = time.perf_counter()
         size = predictor.inference.size if predictor.inference.mode == "whole" else predictor.inference.fit_size
-        predictor.predict([np.zeros((size[0], size[1], 3), np.uint8)])
+        frame = np.zeros((size[0], size[1], 3), np.uint8)
+        for batch in warmup_batches(predictor.inference.mode, bool(self.param("compile")),
+                                    len(self.param("cameras")), predictor.max_batch):
+            predictor.predict([frame] * batch)
         self.get_logger().info(
             f"loaded {path} ({predictor.meta.model.encoder.name}, {device}, {predictor.precision}); "
             f"warm-up {1000 * (time.perf_counter() - started):.0f} ms"
