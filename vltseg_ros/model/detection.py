@@ -192,8 +192,10 @@ class DetectionHead(nn.Module):
         """Fixed-shape test-time detection over FPN features -> ``boxes`` [B, D, 4] xyxy (input pixels),
         ``scores`` [B, D], ``labels`` [B, D] (0-based detection classes), ``count`` [B]: the first ``count``
         entries of each image are its detections, by descending score; the rest are zeros."""
-        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32,
-                              device=features["0"].device)[:, None, :]  # [B, 1, 4]
+        # [B or 1, 1, 4]; one row when all sizes agree, so a traced graph does not fix the batch size.
+        rows = image_sizes[:1] if len(set(image_sizes)) == 1 else image_sizes
+        limits = torch.tensor([[w, h, w, h] for h, w in rows], dtype=torch.float32,
+                              device=features["0"].device)[:, None, :]
         unroll = self.cfg.nms_unroll if _is_static_capture() else None
         proposals, proposal_valid = self._proposals(list(features.values()), input_size, limits, unroll)
         return self._boxes(features, proposals, proposal_valid, limits, unroll)
