@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: correctness + every timing of issue #6, tables written to $OUT/RESULTS.md.
+# One call on the GPU machine: correctness + every timing of issue #6, tables written to $OUT/RESULTS.md
+# (rewritten after each section; sections run in priority order within a 540 s budget, see bench/gpu.py --help).
 # The machine's python has torch/torchvision/timm/transformers; this repository needs no install for it
 # (PYTHONPATH), except safetensors/scipy which that image ships.
 #   device run: bash bench/gpu.sh      (then copy $OUT/RESULTS.md into bench/RESULTS.md with the date and device)

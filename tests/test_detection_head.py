@@ -112,3 +112,31 @@ def test_eval_network_compiles_to_one_graph():
     torch.testing.assert_close(compiled["seg_scores"], eager["seg_scores"])
     for key in ("boxes", "scores", "labels", "count"):
         torch.testing.assert_close(compiled["detections"][key], eager["detections"][key])
+
+
+def test_boxes_decode_in_float32_under_bf16_autocast():
+    """torchvision decodes in the deltas' dtype: bf16 under autocast, i.e. 8 px steps at x in [1024, 2048)."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    torch.manual_seed(0)
+    head = build_model(model_preset("eva02_tiny", ("det",))).det_head
+    anchors = torch.tensor([[1501.3, 601.7, 1540.2, 650.9], [1900.6, 10.2, 2030.8, 90.4]])
+    deltas = torch.zeros(2, 4, dtype=torch.bfloat16)
+    for coder in (head.rpn.box_coder, head.roi_heads.box_coder):
+        decoded = coder.decode_single(deltas, anchors)
+        assert decoded.dtype == torch.float32
+        torch.testing.assert_close(decoded, anchors, rtol=0, atol=1e-3)
+    assert (BoxCoder((1.0, 1.0, 1.0, 1.0)).decode_single(deltas, anchors).float() - anchors).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("nms_unroll", 0, "nms_unroll: need at least 1"),
+    ("box_nms_candidates", 50, "box_nms_candidates .50. must be at least box_detections_per_img .100."),
+])
+def test_bad_fixed_shape_settings_are_named(field, value, message):
+    from vltseg_ros.config import ConfigError, validate_model_config
+
+    cfg = model_preset("eva02_tiny", ("det",))
+    setattr(cfg.det_head, field, value)
+    with pytest.raises(ConfigError, match=message):
+        validate_model_config(cfg)

@@ -211,6 +211,13 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.pyramid.norm: 'batch' or 'group', got {cfg.pyramid.norm!r}")
     if cfg.det_head is not None and not cfg.det_head.classes:
         raise ConfigError("model.det_head.classes: need at least one detection class")
+    if cfg.det_head is not None:
+        det = cfg.det_head
+        if det.nms_unroll < 1:
+            raise ConfigError(f"model.det_head.nms_unroll: need at least 1 step, got {det.nms_unroll}")
+        if det.box_nms_candidates < det.box_detections_per_img:
+            raise ConfigError(f"model.det_head.box_nms_candidates ({det.box_nms_candidates}) must be at least "
+                              f"box_detections_per_img ({det.box_detections_per_img})")
 
 
 def validate_inference_config(cfg: InferenceConfig) -> None:

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
@@ -50,6 +51,14 @@ class FractionalStrideAnchorGenerator(AnchorGenerator):
         self.set_cell_anchors(torch.float32, device)
         anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
         return [anchors] * len(image_list.image_sizes)
+
+
+class Float32BoxCoder(BoxCoder):
+    """torchvision's BoxCoder, decoding in float32. torchvision casts the reference boxes to the deltas' dtype,
+    so under bf16 autocast every decoded box snaps to bf16's grid: 8 px steps between 1024 and 2048."""
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        return super().decode_single(rel_codes.float(), boxes.float())
 
 
 def exact_scale_roi_align(names: Sequence[str], patch_size: int) -> MultiScaleRoIAlign:
@@ -139,6 +148,8 @@ class DetectionHead(nn.Module):
             bbox_reg_weights=None, score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh,
             detections_per_img=cfg.box_detections_per_img,
         )
+        for stage in (self.rpn, self.roi_heads):
+            stage.box_coder = Float32BoxCoder(stage.box_coder.weights, stage.box_coder.bbox_xform_clip)
 
     def forward(
         self, pyramid: Sequence[Tensor], input_size: tuple[int, int], image_sizes: list[tuple[int, int]],
@@ -213,7 +224,7 @@ class DetectionHead(nn.Module):
         for logits, delta in zip(objectness, deltas):
             batch, per_location, height, width = logits.shape
             logits = permute_and_flatten(logits, batch, per_location, 1, height, width).flatten(1).float()
-            delta = permute_and_flatten(delta, batch, per_location, 4, height, width).float()
+            delta = permute_and_flatten(delta, batch, per_location, 4, height, width)
             count = logits.shape[1]
             logits, index = logits.topk(min(pre_nms, count), dim=1)  # sorted, like torchvision's per-level top-n
             level_anchors = anchors[offset:offset + count][index]  # [B, k, 4]
@@ -254,7 +265,7 @@ class DetectionHead(nn.Module):
         per_image = proposals.shape[1]
         class_logits, regression = heads.box_predictor(heads.box_head(self._pool(features, proposals)))
         num_classes = class_logits.shape[-1] - 1
-        boxes = heads.box_coder.decode_single(regression.float(), proposals.reshape(-1, 4))
+        boxes = heads.box_coder.decode_single(regression, proposals.reshape(-1, 4))
         boxes = boxes.reshape(-1, per_image, num_classes + 1, 4)[:, :, 1:]  # drop background
         boxes = torch.minimum(boxes.clamp(min=0), limits[:, :, None]).flatten(1, 2)  # [B, R*K, 4]
         scores = F.softmax(class_logits.float(), -1).reshape(-1, per_image, num_classes + 1)[..., 1:]
