@@ -140,3 +140,16 @@ def test_bad_fixed_shape_settings_are_named(field, value, message):
     setattr(cfg.det_head, field, value)
     with pytest.raises(ConfigError, match=message):
         validate_model_config(cfg)
+
+
+def test_fixed_shape_pooling_keeps_float32_rois_for_bf16_features():
+    """Under bf16 autocast the FPN maps are bf16; the RoIs must not be cast to them (8 px steps at x >= 1024)."""
+    torch.manual_seed(0)
+    head = build_model(model_preset("eva02_tiny", ("det",))).det_head.eval()
+    sizes = {"0": (64, 512), "1": (32, 256), "2": (16, 128), "3": (8, 64)}  # a 256x2048 input, strides 4..32
+    bf16 = OrderedDict((k, torch.randn(1, 8, *hw).to(torch.bfloat16)) for k, hw in sizes.items())
+    boxes = torch.tensor([[[1501.3, 60.2, 1561.7, 120.9], [1203.9, 10.6, 1405.1, 200.3], [1027.5, 5.5, 1100.1, 70.7]]])
+    with torch.no_grad():
+        got = head._pool(bf16, boxes)
+        expected = head._pool(OrderedDict((k, v.float()) for k, v in bf16.items()), boxes)
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=1e-5)

@@ -252,7 +252,8 @@ class DetectionHead(nn.Module):
         levels = pool.map_levels([flat])
         pooled: Optional[Tensor] = None
         for level, (name, scale) in enumerate(zip(pool.featmap_names, pool.scales)):
-            out = roi_align(features[name], rois.to(features[name].dtype), output_size=pool.output_size,
+            # float32 like torchvision's autocast policy for roi_align; RoIs in bf16 would move by up to 8 px.
+            out = roi_align(features[name].float(), rois.float(), output_size=pool.output_size,
                             spatial_scale=scale, sampling_ratio=pool.sampling_ratio)
             pooled = out if pooled is None else torch.where((levels == level)[:, None, None, None], out, pooled)
         return pooled
