@@ -153,3 +153,45 @@ def test_fixed_shape_pooling_keeps_float32_rois_for_bf16_features():
         got = head._pool(bf16, boxes)
         expected = head._pool(OrderedDict((k, v.float()) for k, v in bf16.items()), boxes)
     torch.testing.assert_close(got.float(), expected, rtol=0, atol=1e-5)
+
+
+def _both_paths(model, images, sizes):
+    height, width = images.shape[-2:]
+    with torch.no_grad():
+        pyramid = model.features(images)
+        model.det_head.fixed_shape = False
+        reference = model.det_head(pyramid, (height, width), sizes)
+        model.det_head.fixed_shape = True
+        fixed = model.det_head(pyramid, (height, width), sizes)
+    model.det_head.fixed_shape = None
+    return reference, fixed
+
+
+def _assert_same_detections(reference, fixed):
+    assert torch.equal(reference["count"], fixed["count"])
+    for ref, det in zip(unpad_detections(reference), unpad_detections(fixed)):
+        torch.testing.assert_close(det["boxes"], ref["boxes"], rtol=0, atol=1e-3)
+        torch.testing.assert_close(det["scores"], ref["scores"], rtol=0, atol=1e-5)
+        assert torch.equal(det["labels"], ref["labels"])
+    assert not torch.signbit(fixed["scores"]).any()  # padding is +0.0, as in the torchvision path's layout
+
+
+def test_saturated_scores_tie_break_like_torchvision():
+    """A confident model's softmax reaches exactly 1.0: NMS keeps the lower index among equal scores."""
+    model = _confident_det_model("eva02_tiny")
+    with torch.no_grad():
+        model.det_head.roi_heads.box_predictor.cls_score.weight.mul_(50)
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    reference, fixed = _both_paths(model, images, [(64, 96), (48, 70)])
+    assert int((unpad_detections(reference)[0]["scores"] == 1).sum()) > 10  # the case under test: many ties
+    _assert_same_detections(reference, fixed)
+
+
+def test_both_paths_agree_under_bf16_autocast():
+    """RPN and box-predictor outputs are float32, so bf16 autocast changes neither path's scores or order."""
+    model = _confident_det_model("eva02_tiny")
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference, fixed = _both_paths(model, images, [(64, 96), (48, 70)])
+    assert int(reference["count"].sum()) > 0
+    _assert_same_detections(reference, fixed)

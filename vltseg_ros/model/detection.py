@@ -61,6 +61,32 @@ class Float32BoxCoder(BoxCoder):
         return super().decode_single(rel_codes.float(), boxes.float())
 
 
+class Float32RPNHead(RPNHead):
+    """torchvision's RPNHead with float32 outputs: under bf16 autocast its objectness would be bf16, whose
+    sigmoid has 3 significant digits, so proposal scores tie and the proposal set changes."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class Float32BoxPredictor(FastRCNNPredictor):
+    """torchvision's FastRCNNPredictor with float32 class logits and box deltas (see Float32RPNHead)."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scores, deltas = super().forward(x)
+        return scores.float(), deltas.float()
+
+
+def _top(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Descending top-k along dim 1 with ties kept in index order, as torchvision's (stable) NMS sort orders them;
+    ``topk`` leaves tie order unspecified. ONNX has no stable sort, but its TopK breaks ties by lower index."""
+    if torch.onnx.is_in_onnx_export():
+        return values.topk(k, dim=1)
+    ordered, index = values.sort(dim=1, descending=True, stable=True)
+    return ordered[:, :k], index[:, :k]
+
+
 def exact_scale_roi_align(names: Sequence[str], patch_size: int) -> MultiScaleRoIAlign:
     """torchvision's MultiScaleRoIAlign with the pyramid's exact spatial scales (4/p, 2/p, 1/p, 1/(2p)).
 
@@ -134,7 +160,7 @@ class DetectionHead(nn.Module):
             aspect_ratios=(tuple(cfg.aspect_ratios),) * levels,
         )
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
+            anchors, Float32RPNHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0]),
             fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
             pre_nms_top_n=dict(training=cfg.rpn_pre_nms_top_n_train, testing=cfg.rpn_pre_nms_top_n_test),
             post_nms_top_n=dict(training=cfg.rpn_post_nms_top_n_train, testing=cfg.rpn_post_nms_top_n_test),
@@ -142,7 +168,7 @@ class DetectionHead(nn.Module):
         )
         self.roi_heads = RoIHeads(
             exact_scale_roi_align(names, patch_size), TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size),
-            FastRCNNPredictor(cfg.representation_size, len(cfg.classes) + 1),
+            Float32BoxPredictor(cfg.representation_size, len(cfg.classes) + 1),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=cfg.roi_batch_size_per_image,
             positive_fraction=0.25,
             bbox_reg_weights=None, score_thresh=cfg.box_score_thresh, nms_thresh=cfg.box_nms_thresh,
@@ -239,7 +265,7 @@ class DetectionHead(nn.Module):
             all_boxes.append(boxes)
             all_scores.append(torch.where(keep, scores, torch.full_like(scores, -1.0)))
         boxes, scores = torch.cat(all_boxes, 1), torch.cat(all_scores, 1)
-        scores, index = scores.topk(min(rpn._post_nms_top_n["testing"], scores.shape[1]), dim=1)
+        scores, index = _top(scores, min(rpn._post_nms_top_n["testing"], scores.shape[1]))
         return boxes.gather(1, index[..., None].expand(-1, -1, 4)), scores >= 0
 
     def _pool(self, features: OrderedDict[str, Tensor], boxes: Tensor) -> Tensor:
@@ -274,16 +300,16 @@ class DetectionHead(nn.Module):
         wh = boxes[..., 2:] - boxes[..., :2]
         valid = ((scores > heads.score_thresh) & proposal_valid[..., None]).flatten(1) & (wh >= 1e-2).all(-1)
         scores = torch.where(valid, scores.flatten(1), torch.full_like(valid, -1.0, dtype=torch.float32))
-        scores, index = scores.topk(min(cfg.box_nms_candidates, scores.shape[1]), dim=1)
+        scores, index = _top(scores, min(cfg.box_nms_candidates, scores.shape[1]))
         boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
         labels = labels[index]
         keep = nms_keep(boxes, scores >= 0, heads.nms_thresh, groups=labels, unroll=unroll)
         scores = torch.where(keep, scores, torch.full_like(scores, -1.0))
-        scores, index = scores.topk(min(heads.detections_per_img, scores.shape[1]), dim=1)
+        scores, index = _top(scores, min(heads.detections_per_img, scores.shape[1]))
         keep = scores >= 0
-        boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4)) * keep[..., None]
-        labels = labels.gather(1, index) * keep
-        scores = scores * keep
+        boxes = torch.where(keep[..., None], boxes.gather(1, index[..., None].expand(-1, -1, 4)), 0.0)
+        labels = torch.where(keep, labels.gather(1, index), 0)
+        scores = torch.where(keep, scores, 0.0)
         pad = heads.detections_per_img - scores.shape[1]
         if pad > 0:
             boxes, scores, labels, keep = (F.pad(boxes, (0, 0, 0, pad)), F.pad(scores, (0, pad)),
