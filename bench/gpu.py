@@ -7,7 +7,7 @@
 
 Sections (each guarded: a failure is reported in its row and the next section runs): correctness, encoders
 (eager / torch.compile / CUDA graphs), predictor (VLTSeg-B 1024x2048, VLTSeg-L 1008x2016, pre- and postprocessing
-included; eager / compiled / whole network in one CUDA graph), detection (the head alone: torchvision's test path
+included; eager vs the whole network in one CUDA graph), detection (the head alone: torchvision's test path
 vs the fixed-shape path), peers (transformers Mask2Former Swin-L and SegFormer-B5 when transformers is
 importable), io (JPEG decode OpenCV vs nvJPEG; host->device copies pageable vs pinned), cameras (4-camera
 batching), training (EVA02-L 512^2 batch 16, with the 5k-iteration projection) and memory (GPU memory over 1000

@@ -128,7 +128,7 @@ def nms_keep(boxes: Tensor, valid: Tensor, iou_threshold: float, groups: Optiona
         overlap = overlap & (groups[..., :, None] == groups[..., None, :])
     overlap = overlap.float()
     keep = valid
-    for step in range(boxes.shape[-2] if unroll is None else unroll):
+    for _ in range(boxes.shape[-2] if unroll is None else unroll):
         suppressed = torch.matmul(keep.float().unsqueeze(-2), overlap).squeeze(-2) > 0
         new = valid & ~suppressed
         if unroll is None and torch.equal(new, keep):
@@ -249,7 +249,7 @@ class DetectionHead(nn.Module):
         offset = 0
         for logits, delta in zip(objectness, deltas):
             batch, per_location, height, width = logits.shape
-            logits = permute_and_flatten(logits, batch, per_location, 1, height, width).flatten(1).float()
+            logits = permute_and_flatten(logits, batch, per_location, 1, height, width).flatten(1)
             delta = permute_and_flatten(delta, batch, per_location, 4, height, width)
             count = logits.shape[1]
             logits, index = logits.topk(min(pre_nms, count), dim=1)  # sorted, like torchvision's per-level top-n
@@ -278,8 +278,9 @@ class DetectionHead(nn.Module):
         levels = pool.map_levels([flat])
         pooled: Optional[Tensor] = None
         for level, (name, scale) in enumerate(zip(pool.featmap_names, pool.scales)):
-            # float32 like torchvision's autocast policy for roi_align; RoIs in bf16 would move by up to 8 px.
-            out = roi_align(features[name].float(), rois.float(), output_size=pool.output_size,
+            # float32 like torchvision's autocast policy for roi_align; the RoIs stay float32 (in bf16 they
+            # would move by up to 8 px).
+            out = roi_align(features[name].float(), rois, output_size=pool.output_size,
                             spatial_scale=scale, sampling_ratio=pool.sampling_ratio)
             pooled = out if pooled is None else torch.where((levels == level)[:, None, None, None], out, pooled)
         return pooled
@@ -295,7 +296,7 @@ class DetectionHead(nn.Module):
         boxes = heads.box_coder.decode_single(regression, proposals.reshape(-1, 4))
         boxes = boxes.reshape(-1, per_image, num_classes + 1, 4)[:, :, 1:]  # drop background
         boxes = torch.minimum(boxes.clamp(min=0), limits[:, :, None]).flatten(1, 2)  # [B, R*K, 4]
-        scores = F.softmax(class_logits.float(), -1).reshape(-1, per_image, num_classes + 1)[..., 1:]
+        scores = F.softmax(class_logits, -1).reshape(-1, per_image, num_classes + 1)[..., 1:]
         labels = torch.arange(num_classes, device=boxes.device).repeat(per_image)  # [R*K], 0-based
         wh = boxes[..., 2:] - boxes[..., :2]
         valid = ((scores > heads.score_thresh) & proposal_valid[..., None]).flatten(1) & (wh >= 1e-2).all(-1)

@@ -66,8 +66,8 @@ class VLTSeg(nn.Module):
         Eval mode: ``seg_scores`` [B, K, H, W] per-class scores at the input size, and ``detections``: fixed-shape
         ``boxes`` [B, D, 4] xyxy (input pixels), ``scores`` [B, D], ``labels`` [B, D] (0-based indices into the
         detection classes) and ``count`` [B]: image b's detections are its first ``count[b]`` rows, by descending
-        score (``unpad_detections`` gives per-image lists). Eval mode has no data-dependent shapes or host syncs
-        (one CUDA graph can hold it). ``image_sizes`` gives the valid (H, W) per image when a batch holds padded
+        score (``unpad_detections`` gives per-image lists). Compiled or traced, eval mode has no data-dependent
+        shapes or host syncs (one CUDA graph can hold it). ``image_sizes`` gives the valid (H, W) per image when a batch holds padded
         images.
         ``seg_targets``: [B, H, W] int64 trainIds (255 ignored); ``det_targets``: per image ``boxes`` [N, 4] xyxy
         and ``labels`` [N] 0-based.
