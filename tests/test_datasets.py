@@ -1,22 +1,26 @@
-"""Dataset readers on tiny fake trees in each on-disk layout (32x64 images): pairing, label mappings, boxes, errors."""
+"""Dataset readers on tiny trees written exactly as the public releases ship them (tests/dataset_fixtures.py).
+
+Expected trainIds are the fixtures' hand-written ``*_TRAINIDS`` bands; boxes are worked out by hand below.
+"""
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import dataset_fixtures as fx
 from training.datasets import (
     DATASETS,
     MAPILLARY_LUTS,
     SYNTHIA_16_CLASSES,
     ACDCDataset,
     BDD100KDataset,
+    BDD100KDetDataset,
     CityscapesDataset,
     DatasetError,
     GTA5Dataset,
@@ -26,123 +30,39 @@ from training.datasets import (
     build_dataset,
 )
 
-H, W = 32, 64
-
-
-def _write(path: Path, array: np.ndarray) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-    return str(path)
-
-
-def _image(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
-
-
-def _ids(value: int, dtype=np.uint8) -> np.ndarray:
-    return np.full((H, W), value, dtype)
-
-
-def _palette_png(path: Path, ids: np.ndarray) -> None:
-    """Mapillary-style label: 8-bit palette PNG whose index is the class id."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.frombytes("P", (ids.shape[1], ids.shape[0]), ids.astype(np.uint8).tobytes())
-    image.putpalette(list(np.random.default_rng(0).integers(0, 256, 768, dtype=np.uint8)))
-    image.save(path)
-
-
-def make_cityscapes(root: Path) -> dict:
-    """Two cities; one frame has only labelIds (fallback), one has a 16-bit instanceIds map."""
-    for city, stem in (("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019"),
-                       ("bochum", "bochum_000000_000313")):
-        _write(root / "leftImg8bit/train" / city / f"{stem}_leftImg8bit.png", _image(len(stem)))
-        if stem != "aachen_000001_000019":
-            _write(root / "gtFine/train" / city / f"{stem}_gtFine_labelTrainIds.png", _ids(0))
-    label_ids = _ids(7)
-    label_ids[:, :10] = 26
-    label_ids[:, 10:20] = 5
-    _write(root / "gtFine/train/aachen/aachen_000001_000019_gtFine_labelIds.png", label_ids)
-    instances = _ids(7, np.uint16)
-    instances[2:6, 10:20] = 26001  # car: rows 2-5, cols 10-19
-    instances[20:30, 40:44] = 24000  # person
-    instances[0:4, 0:4] = 26  # car crowd region: no instance, no box
-    instances[28:32, 60:64] = 29001  # caravan: no trainId, no box
-    _write(root / "gtFine/train/aachen/aachen_000000_000019_gtFine_instanceIds.png", instances)
-    return {"split": "train"}
-
-
-def make_gta5(root: Path) -> dict:
-    for i in range(3):
-        _write(root / "images" / f"{i:05d}.png", _image(i))
-        _write(root / "labels" / f"{i:05d}.png", _ids(7 if i == 0 else 26))
-    (root / "val.txt").write_text("00001.png\n00002\n")
-    return {"split": "all"}
-
-
-def make_synthia(root: Path) -> dict:
-    for i in range(2):
-        _write(root / "RGB" / f"{i:07d}.png", _image(i))
-        gt = np.zeros((H, W, 3), np.uint16)
-        gt[:, :, 0] = 1000 + i  # instance channel: must not be read as the class
-        gt[:, :, 2] = 8  # car; the last channel in cv2 order holds the class id
-        _write(root / "GT/LABELS" / f"{i:07d}.png", gt)
-    return {"split": "all"}
-
-
-def make_mapillary(root: Path) -> dict:
-    ids = np.full((H, W), 55, np.uint8)
-    ids[:, :16] = 41  # manhole
-    for folder, labels in (("training", "v1.2/labels"), ("validation", "labels")):
-        for stem in ("a1", "b2"):
-            _write(root / folder / "images" / f"{stem}.jpg", _image(3))
-            _palette_png(root / folder / labels / f"{stem}.png", ids)
-    return {"split": "train"}
-
-
-def make_bdd100k(root: Path) -> dict:
-    for stem in ("7d06fefd-f7be05a6", "7d128593-0ccfea4c"):
-        _write(root / "images/10k/train" / f"{stem}.jpg", _image(4))
-        _write(root / "labels/sem_seg/masks/train" / f"{stem}.png", _ids(13))
-    det = [
-        {"name": "7d06fefd-f7be05a6.jpg", "labels": [
-            {"category": "car", "box2d": {"x1": 1.5, "y1": 2.0, "x2": 30.0, "y2": 20.0}},
-            {"category": "traffic light", "box2d": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}},
-            {"category": "pedestrian", "box2d": {"x1": 40, "y1": 4, "x2": 44, "y2": 30}},
-        ]},
-        {"name": "not-in-the-10k-split.jpg", "labels": []},
-    ]
-    (root / "labels/det_20").mkdir(parents=True)
-    (root / "labels/det_20/det_train.json").write_text(json.dumps(det))
-    return {"split": "train"}
-
-
-def make_acdc(root: Path) -> dict:
-    for c, condition in enumerate(ACDCDataset.CONDITIONS):
-        for frame in (41, 42):
-            stem = f"GOPR047{c}_frame_0000{frame}"
-            _write(root / "rgb_anon" / condition / "train" / f"GOPR047{c}" / f"{stem}_rgb_anon.png", _image(frame))
-            _write(root / "gt" / condition / "train" / f"GOPR047{c}" / f"{stem}_gt_labelTrainIds.png", _ids(c))
-    return {"split": "train"}
-
-
 LAYOUTS = {
-    "cityscapes": (make_cityscapes, 3),
-    "gta5": (make_gta5, 3),
-    "synthia": (make_synthia, 2),
-    "mapillary": (make_mapillary, 2),
-    "bdd100k": (make_bdd100k, 2),
-    "acdc": (make_acdc, 8),
+    "cityscapes": (fx.write_cityscapes, "train", 3),
+    "gta5": (fx.write_gta5, "all", 3),
+    "synthia": (fx.write_synthia, "all", 2),
+    "mapillary": (fx.write_mapillary, "train", 2),
+    "bdd100k": (fx.write_bdd100k, "train", 2),
+    "bdd100k_det": (fx.write_bdd100k, "train", 3),
+    "acdc": (fx.write_acdc, "train", 8),
 }
+"""Reader name -> (fixture writer, split, sample count)."""
+
+
+def bands(label: np.ndarray) -> tuple[int, ...]:
+    """The eight band values of a banded label map (each band must be uniform)."""
+    values = label[0, ::fx.BAND]
+    np.testing.assert_array_equal(label, np.tile(np.repeat(values, fx.BAND), (fx.H, 1)))
+    return tuple(int(v) for v in values)
+
+
+def rolled(values: tuple[int, ...], shift: int) -> tuple[int, ...]:
+    """``values`` as fx.band_map places them for sample ``shift``."""
+    return tuple(int(v) for v in np.roll(values, shift))
 
 
 @pytest.fixture(params=sorted(LAYOUTS))
 def layout(request, tmp_path):
-    """(dataset name, root, split, expected sample count) of a freshly written fake tree."""
-    make, count = LAYOUTS[request.param]
-    return request.param, tmp_path, make(tmp_path)["split"], count
+    """(reader name, root, split, expected sample count) of a freshly written tree."""
+    write, split, count = LAYOUTS[request.param]
+    write(tmp_path)
+    return request.param, tmp_path, split, count
 
 
-def test_registry_covers_all_six_layouts():
+def test_registry_covers_every_layout():
     assert set(DATASETS) == set(LAYOUTS)
     with pytest.raises(ValueError, match="cityscapes"):
         build_dataset("kitti", "/nowhere", "train")
@@ -153,16 +73,17 @@ def test_every_layout_yields_the_sample_contract(layout):
     dataset = build_dataset(name, str(root), split)
     assert isinstance(dataset, SegmentationDataset) and len(dataset) == count
     item = dataset[0]
-    assert item["image"].shape == (H, W, 3) and item["image"].dtype == np.uint8
-    assert item["label"].shape == (H, W) and item["label"].dtype == np.uint8
+    assert item["image"].shape == (fx.H, fx.W, 3) and item["image"].dtype == np.uint8
+    assert item["label"].shape == (fx.H, fx.W) and item["label"].dtype == np.uint8
     assert item["boxes"].dtype == np.float32 and item["boxes"].shape[1:] == (4,)
     assert item["box_labels"].dtype == np.int64 and len(item["box_labels"]) == len(item["boxes"])
     assert item["name"] == dataset.samples[0].name
+    assert dataset.skipped == 0
 
 
 def test_image_is_rgb(tmp_path):
-    make_gta5(tmp_path)
-    assert np.array_equal(GTA5Dataset(tmp_path, "all")[0]["image"], _image(0)[:, :, ::-1])  # written as BGR
+    fx.write_gta5(tmp_path)
+    np.testing.assert_array_equal(GTA5Dataset(tmp_path, "all")[0]["image"], fx.photo(0))
 
 
 def test_transform_is_applied(layout):
@@ -184,6 +105,7 @@ def test_wrong_root_names_the_path(layout, tmp_path):
     ("synthia", "nosplit.txt"),
     ("mapillary", "nosplit/images"),
     ("bdd100k", "images/10k/nosplit"),
+    ("bdd100k_det", "images/100k/nosplit"),
     ("acdc", "rgb_anon/fog/nosplit"),
 ])
 def test_missing_split_names_the_expected_path(tmp_path, name, expected):
@@ -193,7 +115,7 @@ def test_missing_split_names_the_expected_path(tmp_path, name, expected):
 
 
 def test_empty_split_is_an_error(tmp_path):
-    make_cityscapes(tmp_path)
+    fx.write_cityscapes(tmp_path)
     (tmp_path / "leftImg8bit/val").mkdir()
     (tmp_path / "gtFine/val").mkdir()
     with pytest.raises(DatasetError, match="no .* images under .*leftImg8bit/val"):
@@ -201,8 +123,8 @@ def test_empty_split_is_an_error(tmp_path):
 
 
 def test_missing_label_names_image_and_label(tmp_path):
-    make_cityscapes(tmp_path)
-    label = tmp_path / "gtFine/train/bochum/bochum_000000_000313_gtFine_labelTrainIds.png"
+    fx.write_cityscapes(tmp_path, converted=False)
+    label = tmp_path / "gtFine/train/bochum/bochum_000000_000313_gtFine_labelIds.png"
     label.unlink()
     with pytest.raises(DatasetError) as err:
         CityscapesDataset(tmp_path, "train")
@@ -210,82 +132,123 @@ def test_missing_label_names_image_and_label(tmp_path):
 
 
 def test_missing_label_directory_is_an_error_for_labeled_splits(tmp_path):
-    make_bdd100k(tmp_path)
-    (tmp_path / "images/10k/val").mkdir(parents=True)
-    _write(tmp_path / "images/10k/val/x.jpg", _image(0))
-    with pytest.raises(DatasetError, match=str(tmp_path / "labels/sem_seg/masks/val")):
+    fx.write_bdd100k(tmp_path)
+    masks = tmp_path / "labels/sem_seg/masks/val"
+    for path in masks.iterdir():
+        path.unlink()
+    masks.rmdir()
+    with pytest.raises(DatasetError, match=str(masks)):
         BDD100KDataset(tmp_path, "val")
 
 
-def test_test_split_without_ground_truth_loads_all_ignore(tmp_path):
-    _write(tmp_path / "images/10k/test/x.jpg", _image(0))
-    dataset = BDD100KDataset(tmp_path, "test")
-    assert dataset.samples[0].label is None
-    assert (dataset[0]["label"] == 255).all()
+@pytest.mark.parametrize("name, split", [("bdd100k", "test"), ("bdd100k_det", "test"), ("acdc", "test"),
+                                         ("mapillary", "test")])
+def test_withheld_ground_truth_loads_all_ignore_without_boxes(tmp_path, name, split):
+    LAYOUTS[name][0](tmp_path)
+    dataset = build_dataset(name, tmp_path, split)
+    assert all(sample.label is None for sample in dataset.samples)
+    assert (dataset[0]["label"] == 255).all() and len(dataset[0]["boxes"]) == 0
 
 
-def test_cityscapes_pairs_by_name_across_cities(tmp_path):
-    make_cityscapes(tmp_path)
+# Cityscapes: gtFine release files, then csCreateTrainIdLabelImgs' labelTrainIds.
+
+def test_cityscapes_release_label_ids_map_to_trainids(tmp_path):
+    fx.write_cityscapes(tmp_path, converted=False)
     dataset = CityscapesDataset(tmp_path, "train")
-    assert [s.name for s in dataset.samples] == ["aachen_000000_000019", "aachen_000001_000019",
-                                                 "bochum_000000_000313"]
-    assert dataset.samples[1].label.endswith("aachen_000001_000019_gtFine_labelIds.png")
-    assert dataset.samples[0].instances.endswith("_gtFine_instanceIds.png") and dataset.samples[1].instances is None
+    assert [s.name for s in dataset.samples] == [frame.split("/")[1] for frame in fx.CITYSCAPES_FRAMES]
+    for i, sample in enumerate(dataset.samples):
+        assert sample.label.endswith("_gtFine_labelIds.png") and sample.instances.endswith("_gtFine_instanceIds.png")
+        assert bands(dataset[i]["label"]) == rolled(fx.CITYSCAPES_TRAINIDS, i)
 
 
-def test_cityscapes_label_ids_fall_back_to_trainids(tmp_path):
-    make_cityscapes(tmp_path)
-    label = CityscapesDataset(tmp_path, "train")[1]["label"]
-    assert label[0, 0] == 13  # labelId 26 car
-    assert label[0, 15] == 255  # labelId 5 (void)
-    assert label[0, 30] == 0  # labelId 7 road
-
-
-def test_cityscapes_boxes_from_instance_ids(tmp_path):
-    make_cityscapes(tmp_path)
+def test_cityscapes_prefers_converted_trainids(tmp_path):
+    fx.write_cityscapes(tmp_path, converted=True)
     dataset = CityscapesDataset(tmp_path, "train")
-    item = dataset[0]
-    np.testing.assert_array_equal(item["boxes"], [[40, 20, 44, 30], [10, 2, 20, 6]])  # person, car (by id)
-    np.testing.assert_array_equal(item["box_labels"], [11, 13])
-    assert len(dataset[2]["boxes"]) == 0
+    assert all(s.label.endswith("_gtFine_labelTrainIds.png") for s in dataset.samples)
+    assert [bands(dataset[i]["label"]) for i in range(3)] == [rolled(fx.CITYSCAPES_TRAINIDS, i) for i in range(3)]
 
 
-def test_gta5_maps_label_ids_and_reads_split_lists(tmp_path):
-    make_gta5(tmp_path)
+def test_cityscapes_boxes_from_16bit_instance_ids(tmp_path):
+    fx.write_cityscapes(tmp_path)
+    item = CityscapesDataset(tmp_path, "train")[0]
+    # Bands: 7 8 | car 26000 | car 26001 over the upper half, crowd (26) below | person 24000 | 5 | bicycle 33000 |
+    # caravan 29000 (no trainId). Boxes in instance-id order, pixel-edge xyxy.
+    np.testing.assert_array_equal(item["boxes"], [[16, 0, 20, 24], [8, 0, 12, 24], [12, 0, 16, 12], [24, 0, 28, 24]])
+    np.testing.assert_array_equal(item["box_labels"], [11, 13, 13, 18])
+
+
+# GTA5: palette labels whose index is the Cityscapes labelId.
+
+def test_gta5_palette_labels_yield_trainids(tmp_path):
+    fx.write_gta5(tmp_path)
     dataset = GTA5Dataset(tmp_path, "all")
-    assert [s.name for s in dataset.samples] == ["00000", "00001", "00002"]
-    assert (dataset[0]["label"] == 0).all()  # labelId 7 road
-    assert [s.name for s in GTA5Dataset(tmp_path, "val").samples] == ["00001", "00002"]
+    assert [s.name for s in dataset.samples] == list(fx.GTA5_NAMES)
+    assert [bands(dataset[i]["label"]) for i in range(3)] == [rolled(fx.GTA5_TRAINIDS, i) for i in range(3)]
+    assert dataset.skipped == 0
 
 
-def test_gta5_prefers_converted_trainid_labels(tmp_path):
-    make_gta5(tmp_path)
-    _write(tmp_path / "labels/00000_labelTrainIds.png", _ids(5))
-    assert (GTA5Dataset(tmp_path, "all")[0]["label"] == 5).all()
+def test_gta5_prefers_converted_trainids(tmp_path):
+    fx.write_gta5(tmp_path, converted=True)
+    dataset = GTA5Dataset(tmp_path, "all")
+    assert all(s.label.endswith("_labelTrainIds.png") for s in dataset.samples)
+    assert bands(dataset[1]["label"]) == rolled(fx.GTA5_TRAINIDS, 1)
 
 
-def test_synthia_reads_class_from_last_channel_of_16bit_png(tmp_path):
-    make_synthia(tmp_path)
-    assert (SynthiaDataset(tmp_path, "all")[1]["label"] == 13).all()
-    assert len(SYNTHIA_16_CLASSES) == 16 and not {9, 14, 16} & set(SYNTHIA_16_CLASSES)
+def test_gta5_split_lists(tmp_path):
+    fx.write_gta5(tmp_path)
+    (tmp_path / "val.txt").write_text("00002.png\n00003\n")
+    assert [s.name for s in GTA5Dataset(tmp_path, "val").samples] == ["00002", "00003"]
+    other = tmp_path / "lists/mine.txt"
+    other.parent.mkdir()
+    other.write_text("00001\n")
+    assert [s.name for s in GTA5Dataset(tmp_path, "mine", split_file=other).samples] == ["00001"]
 
 
-def test_mapillary_hrda_and_rein_mappings(tmp_path):
-    make_mapillary(tmp_path)
-    hrda = MapillaryDataset(tmp_path, "train")[0]["label"]
-    rein = MapillaryDataset(tmp_path, "train", mapping="rein")[0]["label"]
-    assert hrda[0, 0] == 0 and rein[0, 0] == 255  # 41 manhole
-    assert hrda[0, 40] == 13 and rein[0, 40] == 13  # 55 car
+def test_gta5_label_of_another_size_is_skipped_and_counted(tmp_path, caplog):
+    fx.write_gta5(tmp_path)
+    bad = tmp_path / "labels/00002.png"
+    fx.palette_png(bad, np.vstack([fx.band_map(fx.GTA5_IDS, 1)] * 2), fx.CITYSCAPES_ID_COLORS)
+    dataset = GTA5Dataset(tmp_path, "all")
+    with caplog.at_level(logging.WARNING, logger="training.datasets"):
+        item = dataset[1]
+    assert item["name"] == "00003" and dataset.skipped == 1
+    assert str(bad) in caplog.text and "differs from its image" in caplog.text
+
+
+# SYNTHIA-RAND-CITYSCAPES: 16-bit 3-channel GT/LABELS.
+
+def test_synthia_16bit_labels_yield_trainids_with_terrain_truck_train(tmp_path):
+    fx.write_synthia(tmp_path)
+    dataset = SynthiaDataset(tmp_path, "all")
+    assert [s.name for s in dataset.samples] == list(fx.SYNTHIA_NAMES)
+    assert [bands(dataset[i]["label"]) for i in range(2)] == [rolled(fx.SYNTHIA_TRAINIDS, i) for i in range(2)]
+
+
+def test_synthia_16_class_protocol_leaves_out_terrain_truck_train():
+    assert SYNTHIA_16_CLASSES == tuple(t for t in range(19) if t not in (9, 14, 16))
+
+
+def test_synthia_prefers_converted_trainids(tmp_path):
+    fx.write_synthia(tmp_path, converted=True)
+    dataset = SynthiaDataset(tmp_path, "all")
+    assert all(s.label.endswith("_labelTrainIds.png") for s in dataset.samples)
+    assert bands(dataset[1]["label"]) == rolled(fx.SYNTHIA_TRAINIDS, 1)
+
+
+# Mapillary Vistas v1.2: 66-class palette labels.
+
+@pytest.mark.parametrize("release, labels", [("v2.0", "training/v1.2/labels"), ("v1.2", "training/labels")])
+def test_mapillary_palette_labels_by_hrda_and_rein(tmp_path, release, labels):
+    fx.write_mapillary(tmp_path, release)
+    hrda, rein = MapillaryDataset(tmp_path, "train"), MapillaryDataset(tmp_path, "training", mapping="rein")
+    assert [s.name for s in hrda.samples] == sorted(fx.MAPILLARY_KEYS)
+    assert all(str(tmp_path / labels) in s.label for s in hrda.samples)
+    i = fx.MAPILLARY_KEYS.index(hrda.samples[0].name)
+    assert bands(hrda[0]["label"]) == rolled(fx.MAPILLARY_HRDA_TRAINIDS, i)
+    assert bands(rein[0]["label"]) == rolled(fx.MAPILLARY_REIN_TRAINIDS, i)
+    assert len(MapillaryDataset(tmp_path, "val")) == 2
     with pytest.raises(ValueError, match="rein"):
         MapillaryDataset(tmp_path, "train", mapping="openseg")
-
-
-def test_mapillary_split_names_and_label_folders(tmp_path):
-    make_mapillary(tmp_path)
-    train, val = MapillaryDataset(tmp_path, "train"), MapillaryDataset(tmp_path, "val")
-    assert "training/v1.2/labels" in train.samples[0].label
-    assert "validation/labels" in val.samples[0].label
-    assert [s.name for s in val.samples] == ["a1", "b2"]
 
 
 def test_mapillary_rein_lut_matches_data_doc():
@@ -296,42 +259,108 @@ def test_mapillary_rein_lut_matches_data_doc():
     assert (MAPILLARY_LUTS["rein"][66:] == 255).all()
 
 
-def test_bdd100k_masks_and_det_boxes(tmp_path):
-    make_bdd100k(tmp_path)
-    dataset = BDD100KDataset(tmp_path, "train")
-    first, second = dataset[0], dataset[1]
-    assert (first["label"] == 13).all()
-    np.testing.assert_array_equal(first["boxes"], [[1.5, 2, 30, 20], [40, 4, 44, 30]])
-    np.testing.assert_array_equal(first["box_labels"], [13, 11])  # traffic light dropped
-    assert len(second["boxes"]) == 0
-    assert dataset.samples[0].boxes_json.endswith("labels/det_20/det_train.json")
+# BDD100K: 10k sem_seg masks; 100k images with det_20 boxes.
+
+def test_bdd100k_sem_seg_masks_are_trainids_and_carry_no_det_20_boxes(tmp_path):
+    fx.write_bdd100k(tmp_path)
+    dataset = BDD100KDataset(tmp_path, "val")
+    assert [s.name for s in dataset.samples] == list(fx.BDD100K_10K_NAMES)
+    assert [bands(dataset[i]["label"]) for i in range(2)] == [rolled(fx.BDD100K_TRAINIDS, i) for i in range(2)]
+    # 7d06fefd-f7be05a6 also names a 100k frame with a bus in det_20; the 10k image is not that frame.
+    assert [len(dataset[i]["boxes"]) for i in range(2)] == [0, 0]
 
 
-def test_acdc_conditions(tmp_path):
-    make_acdc(tmp_path)
+def test_bdd100k_det_reads_100k_images_with_pixel_edge_det_20_boxes(tmp_path):
+    fx.write_bdd100k(tmp_path)
+    dataset = BDD100KDetDataset(tmp_path, "train")
+    assert [Path(s.image).parent for s in dataset.samples] == [tmp_path / "images/100k/train"] * 3
+    assert [s.name for s in dataset.samples] == sorted(fx.BDD100K_100K_NAMES)
+    bus, street, empty = (dataset[i] for i in range(3))
+    # Scalabel corners are inclusive: x2 + 1, y2 + 1. Traffic light, other vehicle and trailer have no trainId box.
+    np.testing.assert_array_equal(street["boxes"], [[2.5, 3, 11, 16], [20, 1, 24, 23]])
+    np.testing.assert_array_equal(street["box_labels"], [13, 11])
+    np.testing.assert_array_equal(bus["boxes"], [[0, 0, 32, 24]])
+    np.testing.assert_array_equal(bus["box_labels"], [15])
+    assert len(empty["boxes"]) == 0 and (street["label"] == 255).all()
+
+
+def test_bdd100k_det_boxes_are_copies(tmp_path):
+    fx.write_bdd100k(tmp_path)
+    dataset = BDD100KDetDataset(tmp_path, "train")
+    dataset[1]["boxes"][:] = -1
+    assert (dataset[1]["boxes"] >= 0).all()
+
+
+def test_bdd100k_det_without_det_20_json_names_it(tmp_path):
+    fx.write_bdd100k(tmp_path)
+    (tmp_path / "labels/det_20/det_val.json").unlink()
+    with pytest.raises(DatasetError, match=str(tmp_path / "labels/det_20/det_val.json")):
+        BDD100KDetDataset(tmp_path, "val")
+
+
+def test_bdd100k_det_json_with_wrong_keys_is_an_error(tmp_path):
+    fx.write_bdd100k(tmp_path)
+    (tmp_path / "labels/det_20/det_train.json").write_text(json.dumps([{"labels": []}]))
+    with pytest.raises(DatasetError, match="det_train.json"):
+        BDD100KDetDataset(tmp_path, "train")
+
+
+# ACDC: gt_labelTrainIds per condition, reference folders alongside.
+
+def test_acdc_label_trainids_per_condition(tmp_path):
+    fx.write_acdc(tmp_path)
     everything = ACDCDataset(tmp_path, "train")
-    assert len(everything) == 8 and everything.samples[0].name == "GOPR0470_frame_000041"
-    night = ACDCDataset(tmp_path, "train", conditions="night")
-    assert len(night) == 2 and (night[0]["label"] == 1).all()
+    assert [s.name for s in everything.samples][:2] == ["GOPR0475_frame_000041", "GOPR0475_frame_000042"]
+    assert [bands(everything[i]["label"]) for i in range(8)] == [rolled(fx.CITYSCAPES_TRAINIDS, i) for i in range(8)]
+    night = ACDCDataset(tmp_path, "val", conditions="night")
+    assert [s.name for s in night.samples] == ["GOPR0351_frame_000100"]
+    assert bands(night[0]["label"]) == rolled(fx.CITYSCAPES_TRAINIDS, 2)
+    assert len(ACDCDataset(tmp_path, "val", conditions=["fog", "snow"])) == 2
     with pytest.raises(ValueError, match="fog"):
         ACDCDataset(tmp_path, "train", conditions="dusk")
 
 
+def test_acdc_reference_split_is_unlabeled(tmp_path):
+    fx.write_acdc(tmp_path)
+    reference = ACDCDataset(tmp_path, "train_ref", conditions="rain")
+    assert len(reference) == 2 and (reference[0]["label"] == 255).all()
+
+
+# Unreadable files.
+
 @pytest.mark.parametrize("corrupt", ["image", "label"])
 def test_corrupt_file_is_skipped_counted_and_replaced(tmp_path, caplog, corrupt):
-    make_gta5(tmp_path)
+    fx.write_gta5(tmp_path)
     dataset = GTA5Dataset(tmp_path, "all")
     bad = Path(getattr(dataset.samples[1], corrupt))
     bad.write_bytes(b"not a png" * 10)
     with caplog.at_level(logging.WARNING, logger="training.datasets"):
         item = dataset[1]
-    assert item["name"] == "00002"
+    assert item["name"] == "00003"
     assert dataset.skipped == 1
     assert str(bad) in caplog.text
 
 
+def test_truncated_palette_label_is_skipped(tmp_path, caplog):
+    fx.write_gta5(tmp_path)
+    dataset = GTA5Dataset(tmp_path, "all")
+    bad = Path(dataset.samples[0].label)
+    bad.write_bytes(bad.read_bytes()[:60])
+    with caplog.at_level(logging.WARNING, logger="training.datasets"):
+        assert dataset[0]["name"] == "00002"
+    assert dataset.skipped == 1 and str(bad) in caplog.text
+
+
+def test_colour_label_is_unreadable(tmp_path):
+    fx.write_gta5(tmp_path)
+    for name in fx.GTA5_NAMES:
+        fx.save(tmp_path / "labels" / f"{name}.png", Image.fromarray(fx.photo(0)))
+    with pytest.raises(DatasetError, match="all 3 samples are unreadable"):
+        GTA5Dataset(tmp_path, "all")[0]
+
+
 def test_all_corrupt_raises(tmp_path):
-    make_synthia(tmp_path)
+    fx.write_synthia(tmp_path)
     for path in (tmp_path / "RGB").iterdir():
         path.write_bytes(b"garbage")
     dataset = SynthiaDataset(tmp_path, "all")
@@ -341,7 +370,7 @@ def test_all_corrupt_raises(tmp_path):
 
 
 def test_skips_in_dataloader_workers_reach_the_main_process(tmp_path):
-    make_acdc(tmp_path)
+    fx.write_acdc(tmp_path)
     dataset = ACDCDataset(tmp_path, "train")
     for sample in dataset.samples[::2]:
         Path(sample.image).write_bytes(b"garbage")
@@ -353,6 +382,6 @@ def test_skips_in_dataloader_workers_reach_the_main_process(tmp_path):
 
 
 def test_index_out_of_range(tmp_path):
-    make_synthia(tmp_path)
+    fx.write_synthia(tmp_path)
     with pytest.raises(IndexError):
         SynthiaDataset(tmp_path, "all")[2]

@@ -1,4 +1,6 @@
-"""Readers for the six VLTSeg datasets; every one yields Cityscapes trainIds (0-18, 255 = ignore).
+"""Readers for the six VLTSeg datasets (BDD100K as two: 10k sem-seg, 100k detection); all yield Cityscapes trainIds.
+
+Label values are trainIds 0-18, 255 = ignore. The exact files each reader expects: README.md §4.
 
 Each reader lists and pairs its files once at construction (``samples``) and decodes one sample per
 ``__getitem__``: ``dict(image=HxWx3 uint8 RGB, label=HxW uint8 trainIds, boxes=Nx4 float32 xyxy,
@@ -7,7 +9,8 @@ coordinates: a box covering columns 3..5 is ``x1=3, x2=6``. On-disk layouts and 
 shared/docs/data.md §6 and method.md §3.4.
 
 Labels are read from the split's label directory whenever it exists. Only splits whose ground truth is withheld
-(``unlabeled_splits``, e.g. ``test``) may lack it; their samples have ``label=None`` and load as all-ignore maps.
+(``unlabeled_splits``, e.g. ``test``) may lack it; their samples have ``label=None`` and load as all-ignore maps, as
+do the images of a set that has no semantic labels (BDD100K-100k).
 """
 from __future__ import annotations
 
@@ -42,11 +45,17 @@ THING_TRAINIDS: tuple[int, ...] = tuple(CITYSCAPES_CLASSES.index(name) for name 
 """trainIds of the classes that carry boxes (person ... bicycle = 11..18)."""
 
 SYNTHIA_TO_TRAINID: dict[int, int] = {
-    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10, 10: 11, 17: 12, 8: 13, 19: 15, 12: 17, 11: 18,
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15,
+    20: 16, 12: 17, 11: 18,
 }
-"""SYNTHIA-RAND-CITYSCAPES class id -> trainId (DAFormer ``synthia.py``); terrain, truck and train do not exist."""
+"""SYNTHIA-RAND-CITYSCAPES class id -> trainId (DAFormer ``synthia.py``, from the SYNTHIA README's class table).
 
-SYNTHIA_16_CLASSES: tuple[int, ...] = tuple(sorted(SYNTHIA_TO_TRAINID.values()))
+Terrain (16), truck (18) and train (20) are in that table though DAFormer notes them "not present in synthia"; they
+are mapped as it maps them."""
+
+SYNTHIA_16_CLASSES: tuple[int, ...] = tuple(
+    train_id for train_id in range(len(CITYSCAPES_CLASSES)) if train_id not in (9, 14, 16)
+)
 """trainIds of the mIoU16 protocol: the 19 classes minus terrain (9), truck (14) and train (16)."""
 
 # trainId -> Mapillary v1.2 ids. HRDA (method.md §3.4) reproduces VLTSeg numbers; Rein (data.md §6.4) is the
@@ -64,7 +73,8 @@ _MAPILLARY_REIN_GROUPS: dict[int, tuple[int, ...]] = {
 BDD_DET_TO_TRAINID: dict[str, int] = {
     "pedestrian": 11, "rider": 12, "car": 13, "truck": 14, "bus": 15, "train": 16, "motorcycle": 17, "bicycle": 18,
 }
-"""BDD100K det_20 category -> Cityscapes trainId; other categories (traffic light/sign, trailer, ...) are dropped."""
+"""BDD100K det_20 category -> Cityscapes trainId; the others (traffic light/sign, other person/vehicle, trailer)
+are dropped."""
 
 _TRAINID_LUT = lookup_table({i: i for i in range(len(CITYSCAPES_CLASSES))})
 _CITYSCAPES_LUT = lookup_table(CITYSCAPES_ID_TO_TRAINID)
@@ -114,11 +124,18 @@ def _read_image(path: str) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _read_unchanged(path: str) -> np.ndarray:
-    """Decode a label-like file at its stored depth and channel count (cv2.IMREAD_UNCHANGED)."""
+def _read_ids(path: str) -> np.ndarray:
+    """Stored ids of a label-like PNG: palette indices of a "P" image, else the values at their stored depth.
+
+    cv2 expands a palette to colours and PIL truncates 16-bit colour PNGs to 8 bits, so palette images are read
+    with PIL and everything else with cv2.IMREAD_UNCHANGED (8/16-bit, any channel count).
+    """
     try:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                return np.asarray(image)
         array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    except cv2.error as err:
+    except (OSError, SyntaxError, ValueError, cv2.error) as err:
         raise _UnreadableFile(path, str(err)) from err
     if array is None:
         raise _UnreadableFile(path, "not a decodable image")
@@ -171,8 +188,8 @@ def _require_dir(path: Path, what: str) -> Path:
 def _pair_samples(
     image_dir: Path,
     image_suffix: str,
-    label_dir: Path,
-    label_suffixes: Iterable[str],
+    label_dir: Optional[Path],
+    label_suffixes: Iterable[str] = (),
     labels_optional: bool = False,
     instance_suffix: Optional[str] = None,
     only: Optional[Collection[str]] = None,
@@ -180,13 +197,14 @@ def _pair_samples(
     """Pair every ``*{image_suffix}`` file under ``image_dir`` (any depth) with its label under ``label_dir``.
 
     The label sits at the same relative sub-path, named ``{stem}{suffix}`` for the first of ``label_suffixes``
-    that exists. A split without ``label_dir`` is unlabeled if ``labels_optional``, else an error; ``only``
-    restricts the samples to those stems (every one must exist).
+    that exists. A split without ``label_dir`` is unlabeled if ``labels_optional``, else an error;
+    ``label_dir=None`` lists an image set that has no semantic labels. ``only`` restricts the samples to those stems
+    (every one must exist).
     """
     _require_dir(image_dir, "image directory")
     label_suffixes = tuple(label_suffixes)
-    has_labels = label_dir.is_dir()
-    if not has_labels and not labels_optional:
+    has_labels = label_dir is not None and label_dir.is_dir()
+    if label_dir is not None and not has_labels and not labels_optional:
         raise DatasetError(f"label directory not found: expected directory {label_dir}")
     images = sorted(image_dir.rglob(f"*{image_suffix}"))
     if only is not None:
@@ -295,14 +313,14 @@ class SegmentationDataset(Dataset):
         return next(lut for suffix, lut in self.label_formats.items() if label_path.endswith(suffix))
 
     def _read_label_ids(self, path: str) -> np.ndarray:
-        """Stored class ids of a label file (HxW)."""
-        return _read_unchanged(path)
+        """Stored class ids of a label file (HxW, or a multi-channel array that _check_map rejects)."""
+        return _read_ids(path)
 
     def _read_boxes(self, sample: Sample, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes and trainIds of one sample: from its Cityscapes-style instanceIds map, if it has one."""
         if sample.instances is None:
             return _no_boxes()
-        return instance_boxes(_check_map(_read_unchanged(sample.instances), shape, sample.instances))
+        return instance_boxes(_check_map(_read_ids(sample.instances), shape, sample.instances))
 
 
 class CityscapesDataset(SegmentationDataset):
@@ -310,7 +328,8 @@ class CityscapesDataset(SegmentationDataset):
 
     ``root/leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with
     ``root/gtFine/{split}/{city}/*_gtFine_labelTrainIds.png``, falling back to ``*_gtFine_labelIds.png`` (mapped to
-    trainIds) per image; boxes from ``*_gtFine_instanceIds.png`` (8- or 16-bit) when present.
+    trainIds) per image; boxes from ``*_gtFine_instanceIds.png`` (16-bit, ``labelId * 1000 + k``) when present.
+    ``_gtFine_color.png`` and ``_gtFine_polygons.json`` are not read.
     """
 
     label_formats = {"_gtFine_labelTrainIds.png": _TRAINID_LUT, "_gtFine_labelIds.png": _CITYSCAPES_LUT}
@@ -325,10 +344,12 @@ class CityscapesDataset(SegmentationDataset):
 
 
 class GTA5Dataset(SegmentationDataset):
-    """GTA5: ``root/images/*.png`` with ``root/labels/*.png`` (Cityscapes labelIds, mapped to trainIds).
+    """GTA5: ``root/images/*.png`` with ``root/labels/*.png`` ("P" PNGs whose palette index is the Cityscapes labelId).
 
-    A converted ``labels/{name}_labelTrainIds.png`` (DAFormer converter) is preferred when present. ``split='all'``
-    uses every image (the usual DG source); any other split name reads the image names listed in
+    A converted ``labels/{name}_labelTrainIds.png`` (DAFormer converter) is preferred when present. A few GTA5
+    labels differ in size from their image by some pixels; like any label that does not fit, they count as
+    unreadable and are skipped (DAFormer's converter does not resize them, and stretching could misalign them).
+    ``split='all'`` uses every image (the usual DG source); any other split name reads the image names listed in
     ``root/{split}.txt``, or in ``split_file`` if given (one name per line, extension optional). No boxes.
     """
 
@@ -343,13 +364,14 @@ class GTA5Dataset(SegmentationDataset):
 
 
 class SynthiaDataset(SegmentationDataset):
-    """SYNTHIA-RAND-CITYSCAPES: ``root/RGB/*.png`` with ``root/GT/LABELS/*.png`` (16-bit, class id in the last channel).
+    """SYNTHIA-RAND-CITYSCAPES: ``root/RGB/*.png`` with ``root/GT/LABELS/*.png`` (16-bit 3-channel, class id first).
 
-    Terrain, truck and train never occur, so the 16-class protocol scores only ``SYNTHIA_16_CLASSES`` (VLTSeg
-    itself reports all 19). Splits as in GTA5Dataset: ``'all'`` or a list file. No boxes.
+    A converted ``GT/LABELS/{name}_labelTrainIds.png`` (DAFormer converter) is preferred when present; ``GT/COLOR``
+    is not read. Terrain, truck and train never occur, so the 16-class protocol scores only ``SYNTHIA_16_CLASSES``
+    (VLTSeg itself reports all 19). Splits as in GTA5Dataset: ``'all'`` or a list file. No boxes.
     """
 
-    label_formats = {".png": _SYNTHIA_LUT}
+    label_formats = {"_labelTrainIds.png": _TRAINID_LUT, ".png": _SYNTHIA_LUT}
 
     def __init__(self, root: PathLike, split: str = "all", transform: Optional[Transform] = None,
                  split_file: Optional[PathLike] = None):
@@ -359,9 +381,9 @@ class SynthiaDataset(SegmentationDataset):
         super().__init__(samples, transform)
 
     def _read_label_ids(self, path: str) -> np.ndarray:
-        """Class ids from the last channel (cv2 order) of the multi-channel 16-bit GT PNG."""
-        ids = _read_unchanged(path)
-        return ids[:, :, -1] if ids.ndim == 3 else ids
+        """Class ids of a 3-channel GT PNG: the file's first channel, last in cv2's BGR order (DAFormer reads it so)."""
+        ids = _read_ids(path)
+        return ids[:, :, 2] if ids.ndim == 3 and ids.shape[2] == 3 else ids
 
 
 class MapillaryDataset(SegmentationDataset):
@@ -369,7 +391,7 @@ class MapillaryDataset(SegmentationDataset):
 
     ``split`` is ``train``/``val``/``test`` or the folder name. Class ids 0-65 map by ``mapping='hrda'`` (default,
     reproduces VLTSeg) or ``'rein'`` (broader rule of Rein/tqdm/DepthForge); state the mapping with every result.
-    Labels are palette PNGs whose index is the class id, so they are read with PIL: cv2 expands palettes to colours.
+    Labels are "P" PNGs whose palette index is the class id; ``v2.0/``, ``instances/`` and ``panoptic/`` are not read.
     """
 
     _FOLDERS = {"train": "training", "val": "validation", "test": "testing"}
@@ -390,20 +412,12 @@ class MapillaryDataset(SegmentationDataset):
                                 labels_optional=folder in self.unlabeled_splits)
         super().__init__(samples, transform)
 
-    def _read_label_ids(self, path: str) -> np.ndarray:
-        """Palette indices (= class ids) of the label PNG."""
-        try:
-            with Image.open(path) as image:
-                return np.asarray(image)
-        except (OSError, ValueError) as err:
-            raise _UnreadableFile(path, str(err)) from err
-
 
 class BDD100KDataset(SegmentationDataset):
-    """BDD100K-10k: ``root/images/10k/{split}/*.jpg`` with ``root/labels/sem_seg/masks/{split}/*.png`` (trainIds).
+    """BDD100K-10k sem-seg: ``root/images/10k/{split}/*.jpg`` with ``root/labels/sem_seg/masks/{split}/*.png``.
 
-    Boxes come from ``root/labels/det_20/det_{split}.json`` when that file exists (categories mapped by
-    ``BDD_DET_TO_TRAINID``, others dropped); images it does not list have no boxes.
+    Masks are 8-bit trainIds. No boxes: det_20 labels the 100k images (BDD100KDetDataset), and the 10k set is not a
+    subset of them, so a 10k image is not the det_20 frame of the same name.
     """
 
     label_formats = {".png": _TRAINID_LUT}
@@ -412,14 +426,27 @@ class BDD100KDataset(SegmentationDataset):
         root = _require_dir(Path(root), "BDD100K root")
         samples = _pair_samples(root / "images" / "10k" / split, ".jpg", root / "labels" / "sem_seg" / "masks" / split,
                                 self.label_formats, labels_optional=split in self.unlabeled_splits)
-        det_json = root / "labels" / "det_20" / f"det_{split}.json"
+        super().__init__(samples, transform)
+
+
+class BDD100KDetDataset(SegmentationDataset):
+    """BDD100K-100k detection: ``root/images/100k/{split}/*.jpg`` with boxes from ``labels/det_20/det_{split}.json``.
+
+    These images have no semantic labels (``label`` is all-ignore). Categories map by ``BDD_DET_TO_TRAINID``; images
+    det_20 does not list, and the ``test`` split, have no boxes.
+    """
+
+    def __init__(self, root: PathLike, split: str, transform: Optional[Transform] = None):
+        root = _require_dir(Path(root), "BDD100K root")
+        samples = _pair_samples(root / "images" / "100k" / split, ".jpg", None)
         self._boxes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if det_json.is_file():
+        if split not in self.unlabeled_splits:
+            det_json = root / "labels" / "det_20" / f"det_{split}.json"
+            if not det_json.is_file():
+                raise DatasetError(f"detection labels not found: expected file {det_json}")
             self._boxes = _load_bdd_boxes(det_json, {Path(s.image).name for s in samples})
             for sample in samples:
                 sample.boxes_json = str(det_json)
-        else:
-            logger.info("BDD100K %s: no detection labels at %s; samples have no boxes", split, det_json)
         super().__init__(samples, transform)
 
     def _read_boxes(self, sample: Sample, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -429,7 +456,11 @@ class BDD100KDataset(SegmentationDataset):
 
 
 def _load_bdd_boxes(path: Path, image_names: Collection[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Parse a BDD100K det_20 json into {image file name: (Nx4 float32 xyxy, N int64 trainIds)} for ``image_names``."""
+    """Parse a BDD100K det_20 json into {image file name: (Nx4 float32 xyxy, N int64 trainIds)} for ``image_names``.
+
+    Scalabel ``box2d`` corners are inclusive pixel indices (its COCO width is ``x2 - x1 + 1``); the pixel-edge box
+    is ``(x1, y1, x2 + 1, y2 + 1)``.
+    """
     boxes = {}
     try:
         for frame in json.loads(path.read_text()):
@@ -438,7 +469,7 @@ def _load_bdd_boxes(path: Path, image_names: Collection[str]) -> dict[str, tuple
             kept = [(label["box2d"], BDD_DET_TO_TRAINID[label["category"]]) for label in frame.get("labels") or ()
                     if label.get("category") in BDD_DET_TO_TRAINID and "box2d" in label]
             boxes[frame["name"]] = (
-                np.asarray([[b["x1"], b["y1"], b["x2"], b["y2"]] for b, _ in kept], np.float32).reshape(-1, 4),
+                np.asarray([[b["x1"], b["y1"], b["x2"] + 1, b["y2"] + 1] for b, _ in kept], np.float32).reshape(-1, 4),
                 np.asarray([train_id for _, train_id in kept], np.int64),
             )
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -450,6 +481,8 @@ class ACDCDataset(SegmentationDataset):
     """ACDC: ``root/rgb_anon/{cond}/{split}/GOPR*/*_rgb_anon.png``, ``gt/{cond}/{split}/*/*_gt_labelTrainIds.png``.
 
     ``conditions`` is one of fog/night/rain/snow, ``'all'`` (the four, flattened in that order) or a sequence of them.
+    The ``*_ref`` splits hold unlabeled clear-weather ``*_rgb_ref_anon.png`` frames. The other gt files
+    (``_gt_labelIds``, ``_gt_labelColor``, ``_gt_invIds``) are not read.
     """
 
     CONDITIONS = ("fog", "night", "rain", "snow")
@@ -467,10 +500,11 @@ class ACDCDataset(SegmentationDataset):
         if unknown:
             raise ValueError(f"unknown ACDC conditions {sorted(unknown)}; expected {self.CONDITIONS} or 'all'")
         self.conditions = tuple(conditions)
+        image_suffix = "_rgb_ref_anon.png" if split.endswith("_ref") else "_rgb_anon.png"
         samples = [
             sample
             for condition in self.conditions
-            for sample in _pair_samples(root / "rgb_anon" / condition / split, "_rgb_anon.png",
+            for sample in _pair_samples(root / "rgb_anon" / condition / split, image_suffix,
                                         root / "gt" / condition / split, self.label_formats,
                                         labels_optional=split in self.unlabeled_splits)
         ]
@@ -483,6 +517,7 @@ DATASETS: dict[str, type[SegmentationDataset]] = {
     "synthia": SynthiaDataset,
     "mapillary": MapillaryDataset,
     "bdd100k": BDD100KDataset,
+    "bdd100k_det": BDD100KDetDataset,
     "acdc": ACDCDataset,
 }
 
