@@ -115,3 +115,17 @@ def test_full_network_shapes_for_every_encoder(name):
     assert torch.isfinite(out["seg_scores"]).all()
     det = out["detections"]
     assert det["boxes"].shape == (1, model.cfg.det_head.box_detections_per_img, 4) and det["count"].shape == (1,)
+
+
+def test_semantic_scores_upsample_mask_logits_before_the_sigmoid():
+    """Mask2Former's inference order: mask logits bilinearly upsampled to the input size, then sigmoid and the
+    class-probability product (upsampling the product instead gives other scores)."""
+    torch.manual_seed(0)
+    model = build_model(model_preset("eva02_tiny", ("seg",))).eval()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        scores = model(images)["seg_scores"]
+        pred = model.seg_head(model.features(images))
+    masks = torch.nn.functional.interpolate(pred["pred_masks"], size=(64, 96), mode="bilinear", align_corners=False)
+    expected = torch.einsum("bqk,bqhw->bkhw", pred["pred_logits"].softmax(-1)[..., :-1], masks.sigmoid())
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vltseg_ros.config import InferenceConfig
+from vltseg_ros.config import InferenceConfig, TTAConfig
 from vltseg_ros.predictor import InputError, Predictor, fit_size, window_origins
 
 
@@ -113,6 +113,35 @@ def test_fit_size_keeps_aspect_ratio():
     assert fit_size(1024, 2048, (512, 1024)) == (512, 1024)  # Cityscapes
     assert fit_size(720, 1280, (512, 1024)) == (512, 910)  # BDD100K
     assert fit_size(1080, 1920, (540, 960)) == (540, 960)  # ACDC
+    assert fit_size(3000, 4000, (512, 1024)) == (512, 683)  # a 4:3 Mapillary image
+
+
+def test_fit_size_follows_mmcv_for_portrait_images():
+    """mmcv's keep_ratio rule bounds the long and the short side, whatever the orientation: a portrait Mapillary
+    image is not shrunk to the box's height (384x512)."""
+    assert fit_size(4000, 3000, (512, 1024)) == (683, 512)
+    assert fit_size(2048, 1024, (1024, 2048)) == (2048, 1024)
+
+
+def test_tta_single_pass_keeps_the_labels(tiny_checkpoint, rng):
+    image = _image(rng, 96, 160)
+    plain = Predictor.from_checkpoint(tiny_checkpoint).predict([image])[0]
+    one = Predictor.from_checkpoint(tiny_checkpoint, tta=TTAConfig(scales=[1.0])).predict([image])[0]
+    assert np.array_equal(plain.label_map, one.label_map)  # a softmax keeps each pixel's argmax
+    np.testing.assert_allclose(plain.boxes, one.boxes, atol=1e-4)
+
+
+def test_tta_with_flip_is_mirror_symmetric(tiny_checkpoint, rng):
+    """Averaging a pass and its mirrored pass gives a prediction that mirrors exactly with the input."""
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, tta=TTAConfig(scales=[1.0, 1.5], flip=True))
+    image = _image(rng, 96, 160)
+    a = predictor.predict([image], return_confidence=True)[0]
+    b = predictor.predict([np.ascontiguousarray(image[:, ::-1])], return_confidence=True)[0]
+    assert np.array_equal(a.label_map, b.label_map[:, ::-1])
+    np.testing.assert_allclose(a.confidence, b.confidence[:, ::-1], atol=1e-6)
+    mirrored = b.boxes[:, [2, 1, 0, 3]] * np.array([-1, 1, -1, 1], np.float32) + np.array([160, 0, 160, 0])
+    order_a, order_b = np.lexsort(a.boxes.T), np.lexsort(mirrored.T)
+    np.testing.assert_allclose(a.boxes[order_a], mirrored[order_b], atol=1e-3)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,9 +187,32 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path, synth_root):
     assert (tmp_path / "straight" / "tb").is_dir()
 
 
-def test_torchrun_two_processes_produce_one_checkpoint(tmp_path, synth_root):
-    config = tiny_config(tmp_path, synth_root, "ddp", iterations=3, extra="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for torchrun's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("heads", ["[seg]", "[det]", "[seg, det]"])
+def test_every_trainable_parameter_gets_a_gradient(tmp_path, synth_root, heads):
+    """DDP without find_unused_parameters needs this: the final encoder norm (taps are raw block outputs) must be
+    frozen, not left trainable without a gradient."""
+    cfg = load_config(str(tiny_config(tmp_path, synth_root, heads=heads)))
+    trainer = Trainer(cfg, device="cpu", resume=None, progress=False)
+    batch = next(trainer._loader())
+    seg, det = trainer._targets(batch)
+    losses = trainer.model(trainer._normalise(batch["image"]), seg_targets=seg, det_targets=det)
+    sum(losses.values()).backward()
+    missing = [n for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    assert not trainer.model.encoder.trunk.norm.weight.requires_grad
+
+
+@pytest.mark.parametrize("heads", ["[seg]", "[det]", "[seg, det]"])
+def test_torchrun_two_processes_produce_one_checkpoint(tmp_path, synth_root, heads):
+    config = tiny_config(tmp_path, synth_root, "ddp", heads=heads, iterations=3, extra="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "training.train", "--config", str(config), "--device", "cpu", "--no-progress"]
     result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=600, cwd=ROOT)

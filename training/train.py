@@ -160,6 +160,7 @@ def build_optimizer(model: VLTSeg, cfg: TrainConfig) -> torch.optim.AdamW:
     for name, param in model.named_parameters():
         if any(name.startswith(p) for p in frozen):
             param.requires_grad_(False)
+        if not param.requires_grad:
             continue
         layer = _encoder_depth_index(name, depth)
         if layer is None:
@@ -303,9 +304,10 @@ class Trainer:
     def _wrap(self, model: VLTSeg) -> torch.nn.Module:
         if self.dist.world == 1:
             return model
-        both = model.seg_head is not None and model.det_head is not None
+        # Every trainable parameter takes part in every step (the encoder freezes what its taps do not reach), so
+        # DDP needs no unused-parameter search.
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=both)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def _resume(self, path: str) -> None:
         model, meta = load_checkpoint(path)

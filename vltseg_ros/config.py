@@ -113,6 +113,20 @@ class InferenceConfig:
     stride: int = 426
 
 
+@dataclass
+class TTAConfig:
+    """Test-time augmentation for test-server numbers (method.md §3.3): inference at each of ``scales`` times the
+    inference size (``size`` or ``fit_size``), each also mirrored when ``flip``; class scores are averaged at the
+    source resolution and boxes merged by class-wise NMS. Off for deployment: it multiplies the cost."""
+
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+
+    def __post_init__(self):
+        if not self.scales or min(self.scales) <= 0:
+            raise ConfigError(f"tta.scales: need positive scale factors, got {self.scales}")
+
+
 def from_dict(cls: type, data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from nested dicts (JSON/YAML), validating once at the edge: unknown keys are
     errors, nested dataclass fields (also ``Optional[...]`` and ``list[...]`` of them) are built recursively from

@@ -85,7 +85,9 @@ class DetectionEvaluator:
     """COCO-style box AP (AP@[.5:.95], AP50, AP75) through pycocotools, over the images processed so far.
 
     Class ids are any integers (e.g. Cityscapes trainIds); boxes are xyxy pixels. Images with no ground-truth box
-    still count (their detections are false positives).
+    still count (their detections are false positives). Images are scored in the order of their ``key`` (arrival
+    order by default), so evaluators that processed disjoint shards of a dataset, keyed by sample index and then
+    merged, give exactly the result of one evaluator that saw every image.
     """
 
     def __init__(self, class_names: dict[int, str]):
@@ -94,28 +96,39 @@ class DetectionEvaluator:
 
     def reset(self) -> None:
         """Forget everything processed so far."""
-        self._images: list[dict] = []
-        self._gt: list[dict] = []
-        self._dt: list[dict] = []
+        self._frames: list[tuple] = []  # (key, height, width, gt boxes, gt labels, boxes, scores, labels)
 
     def process(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, gt_boxes: np.ndarray,
-                gt_labels: np.ndarray, height: int, width: int) -> None:
+                gt_labels: np.ndarray, height: int, width: int, key: Optional[int] = None) -> None:
         """Add one image: detections (xyxy, score, class id) and ground truth (xyxy, class id)."""
-        image_id = len(self._images) + 1
-        self._images.append({"id": image_id, "height": int(height), "width": int(width)})
-        for box, label in zip(np.asarray(gt_boxes, np.float64).reshape(-1, 4), np.asarray(gt_labels).reshape(-1)):
-            if int(label) not in self.class_names:
-                continue
-            x1, y1, x2, y2 = box.tolist()
-            self._gt.append({"id": len(self._gt) + 1, "image_id": image_id, "category_id": int(label),
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-        for box, score, label in zip(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores).reshape(-1),
-                                     np.asarray(labels).reshape(-1)):
-            if int(label) not in self.class_names:
-                continue
-            x1, y1, x2, y2 = box.tolist()
-            self._dt.append({"image_id": image_id, "category_id": int(label), "bbox": [x1, y1, x2 - x1, y2 - y1],
-                             "score": float(score)})
+        known = list(self.class_names)
+        gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        gt_keep, keep = np.isin(gt_labels, known), np.isin(labels, known)
+        self._frames.append((
+            len(self._frames) if key is None else int(key), int(height), int(width),
+            np.asarray(gt_boxes, np.float64).reshape(-1, 4)[gt_keep], gt_labels[gt_keep],
+            np.asarray(boxes, np.float64).reshape(-1, 4)[keep], np.asarray(scores, np.float64).reshape(-1)[keep],
+            labels[keep],
+        ))
+
+    def merge(self, other: "DetectionEvaluator") -> None:
+        """Add another evaluator's images (e.g. another process's shard of the same dataset)."""
+        self._frames.extend(other._frames)
+
+    def _coco_lists(self) -> tuple[list[dict], list[dict], list[dict]]:
+        """COCO images, ground-truth annotations and detections, images numbered in key order."""
+        images, gt, dt = [], [], []
+        for image_id, (_, height, width, gt_boxes, gt_labels, boxes, scores, labels) in enumerate(
+                sorted(self._frames, key=lambda frame: frame[0]), start=1):
+            images.append({"id": image_id, "height": height, "width": width})
+            for (x1, y1, x2, y2), label in zip(gt_boxes.tolist(), gt_labels.tolist()):
+                gt.append({"id": len(gt) + 1, "image_id": image_id, "category_id": label,
+                           "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+                dt.append({"image_id": image_id, "category_id": label, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                           "score": score})
+        return images, gt, dt
 
     def evaluate(self) -> dict:
         """AP, AP50, AP75 and per-class AP (NaN where a class has no ground truth)."""
@@ -123,15 +136,16 @@ class DetectionEvaluator:
         from pycocotools.cocoeval import COCOeval
 
         nan = float("nan")
-        if not self._gt:
-            return {"AP": nan, "AP50": nan, "AP75": nan, "per_class": {}, "num_gt": 0, "num_det": len(self._dt)}
+        images, annotations, detections = self._coco_lists()
+        if not annotations:
+            return {"AP": nan, "AP50": nan, "AP75": nan, "per_class": {}, "num_gt": 0, "num_det": len(detections)}
         gt = COCO()
-        gt.dataset = {"images": self._images, "annotations": self._gt,
+        gt.dataset = {"images": images, "annotations": annotations,
                       "categories": [{"id": i, "name": n} for i, n in sorted(self.class_names.items())]}
         _quiet(gt.createIndex)
-        dt = _quiet(gt.loadRes, self._dt) if self._dt else COCO()
-        if not self._dt:
-            dt.dataset = {"images": self._images, "annotations": [], "categories": gt.dataset["categories"]}
+        dt = _quiet(gt.loadRes, detections) if detections else COCO()
+        if not detections:
+            dt.dataset = {"images": images, "annotations": [], "categories": gt.dataset["categories"]}
             _quiet(dt.createIndex)
         coco_eval = COCOeval(gt, dt, iouType="bbox")
         coco_eval.params.maxDets = [1, 10, 100]
@@ -145,7 +159,7 @@ class DetectionEvaluator:
             per_class[self.class_names[class_id]] = float(p[p > -1].mean()) if (p > -1).any() else None
         stats = coco_eval.stats
         return {"AP": float(stats[0]), "AP50": float(stats[1]), "AP75": float(stats[2]), "per_class": per_class,
-                "num_gt": len(self._gt), "num_det": len(self._dt)}
+                "num_gt": len(annotations), "num_det": len(detections)}
 
 
 def _quiet(fn, *args):

@@ -6,6 +6,7 @@ network under ``inference_mode`` and optional bf16/fp16 autocast -> per-class sc
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -17,7 +18,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .checkpoint import CheckpointMeta, load_checkpoint
-from .config import InferenceConfig
+from .config import InferenceConfig, TTAConfig
 from .labels import IGNORE_INDEX
 from .model.detection import unpad_detections
 
@@ -40,8 +41,10 @@ class Prediction:
 
 
 def fit_size(height: int, width: int, box: Sequence[int]) -> tuple[int, int]:
-    """Aspect-preserving size that fits (H, W) into ``box`` = (H_max, W_max), rounded like mmcv's ``rescale``."""
-    scale = min(box[0] / height, box[1] / width)
+    """Aspect-preserving (H, W) for an image of (``height``, ``width``): its long side at most ``max(box)`` and its
+    short side at most ``min(box)`` (mmcv's ``keep_ratio`` rule and rounding), so a portrait image fits the same
+    box as a landscape one instead of being shrunk to the box's height."""
+    scale = min(max(box) / max(height, width), min(box) / min(height, width))
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
@@ -65,6 +68,7 @@ class Predictor:
         max_batch: int = 8,
         compile: bool | str = False,
         compile_cache_dir: Optional[str] = None,
+        tta: Optional[TTAConfig] = None,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -74,6 +78,7 @@ class Predictor:
         self.precision = precision
         self.score_threshold = score_threshold
         self.max_batch = max_batch
+        self.tta = tta
         self.model = model.to(self.device).eval()
         self._forward = self._compiled(compile, compile_cache_dir) if compile else self.model
         # CUDA-graph replays reuse their output buffers, and results of one batch are held while the next runs.
@@ -111,7 +116,7 @@ class Predictor:
     def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", precision: str = "fp32",
                         **kwargs) -> "Predictor":
         """Load a ``.safetensors`` checkpoint and wrap it (kwargs: inference, score_threshold, max_batch, compile,
-        compile_cache_dir)."""
+        compile_cache_dir, tta)."""
         model, meta = load_checkpoint(path)
         return cls(model, meta, device=device, precision=precision, **kwargs)
 
@@ -155,11 +160,41 @@ class Predictor:
         tensors = [self._upload(img, fmt) for img, fmt in zip(images, formats)]
         if not tensors:
             return []
-        if self.inference.mode == "whole":
-            scores, detections = self._whole(tensors)
+        if self.tta is None:
+            scores, detections = self._infer(tensors, self.inference)
         else:
-            scores, detections = self._slide(tensors)
+            scores, detections = self._augmented(tensors)
         return [self._finish(s, d, return_confidence) for s, d in zip(scores, detections)]
+
+    def _infer(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
+        """Per image: class scores [K, H, W] at the source size and detections in source pixels (or None)."""
+        return self._whole(tensors, cfg) if cfg.mode == "whole" else self._slide(tensors, cfg)
+
+    def _augmented(self, tensors: list[Tensor]) -> tuple[list, list]:
+        """``_infer`` at every TTA scale and flip: per-pass class softmax averaged, boxes of all passes merged by
+        class-wise NMS."""
+        passes = [(scale, flip) for scale in self.tta.scales for flip in ((False, True) if self.tta.flip else (False,))]
+        scores: list[Optional[Tensor]] = [None] * len(tensors)
+        boxes: list[list[dict]] = [[] for _ in tensors]
+        for scale, flip in passes:
+            cfg = dataclasses.replace(self.inference, size=[round(v * scale) for v in self.inference.size],
+                                      fit_size=[round(v * scale) for v in self.inference.fit_size])
+            out_scores, out_dets = self._infer([t.flip(-1) for t in tensors] if flip else tensors, cfg)
+            for i, (score, det) in enumerate(zip(out_scores, out_dets)):
+                if score is not None:
+                    # Softmax over classes before averaging, as mmseg's SegTTAModel merges passes.
+                    score = (score.flip(-1) if flip else score).softmax(0)
+                    scores[i] = score if scores[i] is None else scores[i] + score
+                if det is not None:
+                    if flip:
+                        width = tensors[i].shape[-1]
+                        det = {**det, "boxes": det["boxes"][:, [2, 1, 0, 3]] * det["boxes"].new_tensor(
+                            [-1, 1, -1, 1]) + det["boxes"].new_tensor([width, 0, width, 0])}
+                    boxes[i].append(det)
+        scores = [None if s is None else s / len(passes) for s in scores]
+        detections = [self._merge_windows(*(torch.cat([d[k] for d in dets]) for k in ("boxes", "scores", "labels")))
+                      if dets else None for dets in boxes]
+        return scores, detections
 
     def _run(self, batch: Tensor) -> dict:
         with self._autocast():
@@ -170,8 +205,8 @@ class Predictor:
         return {key: value.clone() if isinstance(value, Tensor) else {k: v.clone() for k, v in value.items()}
                 for key, value in out.items()}
 
-    def _whole(self, tensors: list[Tensor]) -> tuple[list, list]:
-        size = self.inference.size
+    def _whole(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
+        size = cfg.size
         scores: list[Optional[Tensor]] = []
         detections: list[Optional[dict]] = []
         for start in range(0, len(tensors), self.max_batch):
@@ -187,8 +222,7 @@ class Predictor:
                                   if self.has_det else None)
         return scores, detections
 
-    def _slide(self, tensors: list[Tensor]) -> tuple[list, list]:
-        cfg = self.inference
+    def _slide(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
         scores: list[Optional[Tensor]] = []
         detections: list[Optional[dict]] = []
         for t in tensors:

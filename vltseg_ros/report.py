@@ -28,17 +28,29 @@ class Scorer:
 
     def add(self, label_map: Optional[np.ndarray], gt_label: Optional[np.ndarray], boxes: np.ndarray,
             scores: np.ndarray, class_ids: np.ndarray, gt_boxes: Optional[np.ndarray],
-            gt_class_ids: Optional[np.ndarray], height: int, width: int, latency_s: Optional[float] = None) -> None:
-        """Add one frame; ground truth that is None is not scored (a bag without labels gives latency only)."""
+            gt_class_ids: Optional[np.ndarray], height: int, width: int, latency_s: Optional[float] = None,
+            key: Optional[int] = None) -> None:
+        """Add one frame; ground truth that is None is not scored (a bag without labels gives latency only).
+        ``key`` (e.g. the sample index) orders frames for box AP, so merged shards score like one pass."""
         self.images += 1
         if label_map is not None and gt_label is not None:
             self.seg.process(label_map, gt_label)
             self.seg_images += 1
         if self.det is not None and gt_boxes is not None:
-            self.det.process(boxes, scores, class_ids, gt_boxes, gt_class_ids, height, width)
+            self.det.process(boxes, scores, class_ids, gt_boxes, gt_class_ids, height, width, key=key)
             self.gt_boxes += len(gt_boxes)
         if latency_s is not None:
             self.latencies.append(latency_s)
+
+    def merge(self, other: "Scorer") -> None:
+        """Add the frames another Scorer of the same classes accumulated (e.g. another process's shard)."""
+        self.images += other.images
+        self.seg.merge(other.seg)
+        self.seg_images += other.seg_images
+        if self.det is not None and other.det is not None:
+            self.det.merge(other.det)
+        self.gt_boxes += other.gt_boxes
+        self.latencies.extend(other.latencies)
 
     def result(self) -> dict:
         """JSON-ready summary: images, segmentation (if scored), detection (if any GT box), latency (if timed)."""

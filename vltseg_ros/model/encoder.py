@@ -61,11 +61,22 @@ class ClipEncoder(nn.Module):
             raise ValueError(f"encoder {name}: tap blocks {self.taps} out of range for depth {depth}")
         self.embed_dim: int = self.trunk.embed_dim
         self.patch_size: int = self.trunk.patch_embed.patch_size[0]
+        # The taps are raw block outputs, so the final norm, the pooling head and blocks after the last tap take
+        # no part in the output. They stay in the state dict (CLIP weights and older checkpoints load unchanged)
+        # but are frozen: every trainable parameter then gets a gradient, which DDP requires without the cost of
+        # find_unused_parameters.
+        for module in self.unused_modules():
+            module.requires_grad_(False)
+
+    def unused_modules(self) -> list[nn.Module]:
+        """Trunk modules that do not contribute to the tap outputs."""
+        trunk = self.trunk
+        return [trunk.norm, trunk.fc_norm, trunk.head, *trunk.blocks[max(self.taps) + 1:]]
 
     def forward(self, images: Tensor) -> list[Tensor]:
         """[B, 3, H, W] normalised images (H, W multiples of ``patch_size``) -> 4 x [B, C, H/p, W/p]."""
         return self.trunk.forward_intermediates(
-            images, indices=self.taps, norm=False, output_fmt="NCHW", intermediates_only=True
+            images, indices=self.taps, norm=False, output_fmt="NCHW", intermediates_only=True, stop_early=True
         )
 
     def no_weight_decay(self) -> set[str]:

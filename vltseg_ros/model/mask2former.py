@@ -469,11 +469,21 @@ class Mask2FormerLoss(nn.Module):
         loss_dice = 1 - (2 * (probs * point_labels).sum(-1) + 1) / (probs.sum(-1) + point_labels.sum(-1) + 1)
         return loss_ce, loss_mask.sum() / num_masks, loss_dice.sum() / num_masks
 
+    @staticmethod
+    def _average_num_masks(count: int, device: torch.device) -> float:
+        """Target masks per process, averaged over all processes of a distributed run (at least 1), as in
+        Mask2Former's criterion: every rank normalises by the same number, so the summed DDP gradient equals the
+        gradient of one large batch."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return float(max(count, 1))
+        total = torch.tensor([float(count)], device=device)
+        torch.distributed.all_reduce(total)
+        return max(float(total) / torch.distributed.get_world_size(), 1.0)
+
     def forward(self, outputs: dict, targets: Tensor) -> dict[str, Tensor]:
         """Weighted loss terms for the final prediction and each aux output (keys loss_{ce,mask,dice}[_i])."""
         labels, masks = self._targets(targets)
-        # Single-process normalisation; under DDP mmdet all-reduces this count (left to the caller's setup).
-        num_masks = float(max(sum(int(lb.numel()) for lb in labels), 1))
+        num_masks = self._average_num_masks(sum(int(lb.numel()) for lb in labels), targets.device)
         losses: dict[str, Tensor] = {}
         preds = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
         for suffix, out in preds:

@@ -88,10 +88,11 @@ class VLTSeg(nn.Module):
             return out
         if self.seg_head is not None:
             pred = self.seg_head(pyramid)
-            scores = Mask2FormerHead.semantic_scores(pred["pred_logits"], pred["pred_masks"])
-            scores = nn.functional.interpolate(
-                scores.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
+            # Mask2Former's order: mask logits upsampled to the input size, then sigmoid and the class product.
+            masks = nn.functional.interpolate(
+                pred["pred_masks"].float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
             )
+            scores = Mask2FormerHead.semantic_scores(pred["pred_logits"].float(), masks)
             out["seg_scores"] = scores[..., :height, :width]
         if self.det_head is not None:
             out["detections"] = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes)
