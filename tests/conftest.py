@@ -40,3 +40,14 @@ def tiny_checkpoint(tmp_path, tiny_model, tiny_config):
 def rng():
     """Seeded numpy generator."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A tiny synthetic dataset in the Cityscapes layout (train 8, val 4 frames at 64x128, with boxes)."""
+    from training.synth import write_split
+
+    root = tmp_path_factory.mktemp("synth")
+    write_split(str(root), "train", 8, seed=0, height=64, width=128, style="synthetic")
+    write_split(str(root), "val", 4, seed=100, height=64, width=128, style="synthetic")
+    return str(root)

@@ -221,3 +221,20 @@ def test_cuda_graph_mode_copies_outputs_before_the_next_batch(tiny_checkpoint, r
         assert np.array_equal(a.label_map, b.label_map)
         np.testing.assert_array_equal(a.boxes, b.boxes)
         np.testing.assert_array_equal(a.box_class_ids, b.box_class_ids)
+
+
+def test_cli_predict_writes_test_server_label_ids_with_tta(tiny_checkpoint, tmp_path, rng):
+    import cv2
+
+    from vltseg_ros.cli import main as cli
+    from vltseg_ros.labels import CITYSCAPES_ID_TO_TRAINID
+
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), _image(rng, 64, 128))
+    assert cli(["predict", str(frame), "--checkpoint", tiny_checkpoint, "--out", str(tmp_path / "train")]) == 0
+    assert cli(["predict", str(frame), "--checkpoint", tiny_checkpoint, "--out", str(tmp_path / "server"),
+                "--label-ids", "cityscapes", "--tta-scales", "1,1.25", "--tta-flip"]) == 0
+    train_ids = cv2.imread(str(tmp_path / "train" / "frame_labels.png"), cv2.IMREAD_UNCHANGED)
+    label_ids = cv2.imread(str(tmp_path / "server" / "frame_labels.png"), cv2.IMREAD_UNCHANGED)
+    assert train_ids.shape == label_ids.shape == (64, 128)
+    assert set(np.unique(label_ids)) <= set(CITYSCAPES_ID_TO_TRAINID)  # labelIds, not trainIds

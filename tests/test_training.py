@@ -23,17 +23,6 @@ from vltseg_ros.checkpoint import load_checkpoint, read_meta
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    """A tiny synthetic dataset in the Cityscapes layout (train 8, val 4 frames at 64x128)."""
-    from training.synth import write_split
-
-    root = tmp_path_factory.mktemp("synth")
-    write_split(str(root), "train", 8, seed=0, height=64, width=128, style="synthetic")
-    write_split(str(root), "val", 4, seed=100, height=64, width=128, style="synthetic")
-    return str(root)
-
-
 def tiny_config(tmp_path: Path, synth_root: str, name: str = "run", heads: str = "[seg, det]",
                 iterations: int = 6, extra: str = "") -> Path:
     """A tiny run config file."""
@@ -69,6 +58,18 @@ def test_config_inheritance_and_overrides(tmp_path):
         load_config(str(ROOT / "training" / "configs" / "gta5_eva02_l14.yaml"), ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_overrides_reach_into_lists():
+    """The README's own command sets a validation set's root by its index."""
+    cfg = load_config(str(ROOT / "training" / "configs" / "gta5_eva02_l14.yaml"),
+                      ["data.val.0.root=/data/cityscapes", "data.val.3.split=test"])
+    assert cfg.data.val[0].root == "/data/cityscapes" and cfg.data.val[0].name == "cityscapes"
+    assert cfg.data.val[3].split == "test"
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(str(ROOT / "training" / "configs" / "gta5_eva02_l14.yaml"), ["data.val.9.root=/x"])
+    with pytest.raises(ConfigError, match="neither a mapping nor a list"):
+        load_config(str(ROOT / "training" / "configs" / "gta5_eva02_l14.yaml"), ["name.x=1"])
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "training" / "configs").glob("*.yaml")))
@@ -242,3 +243,33 @@ def test_eval_writes_report(tmp_path, synth_root):
     for name in ("results.md", "per_class_iou.png", "confusion_source.png", "confusion_train.png"):
         assert (out / name).stat().st_size > 0
     assert "| source | 3 |" in (out / "results.md").read_text()
+
+
+def test_selection_set_must_be_a_held_out_split_of_the_source(tmp_path, synth_root):
+    config = str(tiny_config(tmp_path, synth_root))
+    with pytest.raises(ConfigError, match="held-out split of the training set"):
+        load_config(config, [f"data.select={{name: acdc, root: {synth_root}, split: val}}"])  # another domain
+    with pytest.raises(ConfigError, match="held-out split"):
+        load_config(config, [f"data.select={{name: cityscapes, root: {synth_root}, split: train}}"])  # training data
+    cfg = load_config(config, [f"data.select={{name: cityscapes, root: {synth_root}, split: val, label: held-out}}"])
+    assert cfg.data.select.title == "held-out"
+
+
+def test_best_checkpoint_exists_only_when_selected_on_the_source(tmp_path, synth_root):
+    """Validation sets are the targets: a run scores them but picks nothing on them. Only a held-out source split
+    (data.select) produces best.safetensors, and its metadata names the set it was selected on."""
+    plain = tiny_config(tmp_path, synth_root, "plain", iterations=4).read_text()
+    (tmp_path / "plain.yaml").write_text(plain.replace("eval_interval: 0", "eval_interval: 2"))
+    summary = Trainer(load_config(str(tmp_path / "plain.yaml")), device="cpu", resume=None, progress=False).train()
+    assert [h["iteration"] for h in summary["history"]] == [2, 4]
+    assert "synth-val" in summary["history"][0]["results"]
+    assert not (tmp_path / "plain" / "best.safetensors").exists()
+    assert read_meta(str(tmp_path / "plain" / "final.safetensors")).provenance["final"]
+
+    cfg = load_config(str(tmp_path / "plain.yaml"), [
+        f"output_dir={tmp_path / 'selected'}",
+        f"data.select={{name: cityscapes, root: {synth_root}, split: val, label: source-val}}"])
+    summary = Trainer(cfg, device="cpu", resume=None, progress=False).train()
+    selection = read_meta(str(tmp_path / "selected" / "best.safetensors")).provenance["selection"]
+    assert selection["dataset"] == "source-val" and selection["metric"] == "mIoU"
+    assert selection["iteration"] in (2, 4) and selection["value"] == summary["best"]

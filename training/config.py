@@ -2,7 +2,8 @@
 
 Defaults are the paper's recipe (method.md §2): AdamW lr 1e-4 with the encoder at x0.1, weight decay 0.05 (none on
 norms, biases, position embedding, queries and level embeddings), global-norm gradient clipping at 0.01, poly(0.9)
-decay after 500 constant iterations, drop path 0.2, bf16 autocast.
+decay after 500 constant iterations, drop path 0.2, bf16 autocast. ``final.safetensors`` is the run's result;
+a ``best.safetensors`` is chosen only on a held-out split of the source (``data.select``), never on a target.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-from vltseg_ros.config import ConfigError, InferenceConfig, from_dict, validate_inference_config
+from vltseg_ros.config import ConfigError, InferenceConfig, TTAConfig, from_dict, validate_inference_config
 
 
 @dataclass
@@ -49,7 +50,11 @@ class DataSpec:
     """Training and validation data and the augmentation pipeline."""
 
     train: DatasetSpec = field(default_factory=DatasetSpec)
+    # Evaluated at every eval_interval and reported; never used to choose a checkpoint (they are the targets).
     val: list[DatasetSpec] = field(default_factory=list)
+    # A held-out split of the source (same reader and root as train, another split): when given, its best score
+    # (mIoU, or box AP without a segmentation head) selects best.safetensors. None = only final.safetensors.
+    select: Optional[DatasetSpec] = None
     resize: Optional[list[int]] = None  # [W, H] exact resize before cropping (GTA5: [1280, 720]); None = keep
     crop_size: list[int] = field(default_factory=lambda: [512, 512])  # [H, W]
     cat_max_ratio: float = 0.75
@@ -103,6 +108,7 @@ class TrainConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    test_tta: Optional[TTAConfig] = None  # test-server runs: the TTA `vltseg eval --tta` applies to this run
 
 
 def config_from_dict(data: dict) -> TrainConfig:
@@ -143,17 +149,30 @@ def deep_merge(into: dict, update: dict) -> None:
 
 
 def apply_override(data: dict, item: str) -> None:
-    """Apply ``a.b.c=value`` (value parsed as YAML) to nested dicts in place."""
+    """Apply ``a.b.c=value`` (value parsed as YAML) to nested dicts in place; a number indexes a list
+    (``data.val.0.root=/data/cityscapes``)."""
     if "=" not in item:
         raise ConfigError(f"--set expects key=value, got {item!r}")
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {key}: {part} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(text)
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {part!r} is not an index of the {len(node)}-item list "
+                                  f"{'.'.join(parts[:depth])}")
+            index: Any = int(part)
+        elif isinstance(node, dict):
+            index = part
+            if not last:
+                node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is neither a mapping nor a list")
+        if last:
+            node[index] = yaml.safe_load(text)
+        else:
+            node = node[index]
 
 
 def to_dict(cfg: TrainConfig) -> dict:
@@ -180,4 +199,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.heads: seg and/or det, got {cfg.model.heads}")
     if not 0 < cfg.optim.layer_decay <= 1:
         raise ConfigError("optim.layer_decay must be in (0, 1]")
+    select, train = cfg.data.select, cfg.data.train
+    if select is not None and ((select.name, select.root) != (train.name, train.root) or select.split == train.split):
+        raise ConfigError(f"data.select must be a held-out split of the training set ({train.name} at {train.root}, "
+                          f"a split other than {train.split!r}), got {select.name} at {select.root} split "
+                          f"{select.split!r}: choosing a checkpoint on another domain would select on a target")
     validate_inference_config(cfg.inference)

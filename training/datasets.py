@@ -256,11 +256,14 @@ class SegmentationDataset(Dataset):
     when no sample at all is readable.
 
     Subclasses set ``label_formats`` (label file suffix -> LUT from its stored ids to trainIds, in order of
-    preference) and may override ``_read_label_ids`` / ``_read_boxes``.
+    preference) and may override ``_read_label_ids`` / ``_read_boxes``. ``eval_fit_sizes`` fixes the dataset's
+    test size ([H, W] box) per evaluation protocol (``vltseg_ros.config.EVAL_PROTOCOLS``) where the paper's
+    protocol does not simply fit the images into the protocol's box.
     """
 
     label_formats: dict[str, np.ndarray] = {}
     unlabeled_splits: tuple[str, ...] = ("test",)
+    eval_fit_sizes: dict[str, list[int]] = {}
 
     def __init__(self, samples: list[Sample], transform: Optional[Transform] = None):
         self.samples = samples
@@ -488,6 +491,9 @@ class ACDCDataset(SegmentationDataset):
     CONDITIONS = ("fog", "night", "rain", "snow")
     label_formats = {"_gt_labelTrainIds.png": _TRAINID_LUT}
     unlabeled_splits = ("test", "train_ref", "val_ref", "test_ref")
+    # The reimplementation tests ACDC at half its 1920x1080 for synthetic-source models (not fitted to 1024x512,
+    # which would give 910x512) and at full size for real-source ones.
+    eval_fit_sizes = {"synthetic": [540, 960], "real": [1080, 1920]}
 
     def __init__(self, root: PathLike, split: str, transform: Optional[Transform] = None,
                  conditions: Union[str, Iterable[str]] = "all"):

@@ -22,11 +22,10 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -39,43 +38,12 @@ from vltseg_ros.model import VLTSeg, build_model, load_pretrained
 from .config import TrainConfig, deep_merge, load_config
 from .config import to_dict as config_to_dict
 from .datasets import build_dataset
+from .distributed import Dist
 from .transforms import TrainTransform, collate
 
 logger = logging.getLogger("vltseg.train")
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.safetensors$")
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ------------------------------------------------------------------------------------------------- distributed
-class Dist:
-    """Rank/world of this process; initialises torch.distributed under torchrun (NCCL on GPU, gloo on CPU)."""
-
-    def __init__(self, device: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device == "auto":
-            device = f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        """Whether this is rank 0 (which logs and writes checkpoints)."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for all ranks."""
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        """Tear the process group down."""
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -425,7 +393,7 @@ class Trainer:
             self._evaluate_and_checkpoint()
         else:
             self._checkpoint()
-        digests = self._gather(weights_digest(self.model))
+        digests = self.dist.gather(weights_digest(self.model))
         summary = {"iteration": self.iteration, "best": self.best, "rank_digests": digests,
                    "history": self.history}
         if self.dist.main:
@@ -439,13 +407,6 @@ class Trainer:
             summary["final"] = final
         self.dist.barrier()
         return summary
-
-    def _gather(self, value: Any) -> list:
-        if self.dist.world == 1:
-            return [value]
-        out: list = [None] * self.dist.world
-        dist.all_gather_object(out, value)
-        return out
 
     def _meta(self, provenance: dict) -> CheckpointMeta:
         return CheckpointMeta(
@@ -472,30 +433,52 @@ class Trainer:
             os.unlink(os.path.join(self.cfg.output_dir, name))
 
     def _evaluate_and_checkpoint(self) -> None:
-        if self.dist.main and self.cfg.data.val:
+        """Score the selection set and every val set, each sharded over all ranks (no rank idles at a barrier for a
+        whole validation pass); rank 0 records the scores and, when the selection set improved, writes
+        best.safetensors. Then checkpoint."""
+        d = self.cfg.data
+        titles: dict[tuple, list[str]] = {}  # one evaluation per distinct set, reported under each of its names
+        specs = {}
+        for spec in ([d.select] if d.select else []) + d.val:
+            key = (spec.name, spec.root, spec.split, repr(spec.options))
+            specs.setdefault(key, spec)
+            titles.setdefault(key, []).append(spec.title)
+        if specs:
             from .evaluate import evaluate_dataset
 
-            results = {}
             self.model.eval()
-            for spec in self.cfg.data.val:
+            results = {}
+            for key, spec in specs.items():
                 dataset = build_dataset(spec.name, spec.root, spec.split, **spec.options)
                 result = evaluate_dataset(self.model, self._meta({}), dataset, self.device, self.cfg.precision,
-                                          limit=self.cfg.data.val_limit)
-                results[spec.title] = {"mIoU": result["segmentation"]["mIoU"] if result.get("segmentation") else None,
-                                       "AP": result["detection"]["AP"] if result.get("detection") else None}
-                for metric, value in results[spec.title].items():
-                    if value is not None and self.writer is not None:
-                        self.writer.add_scalar(f"val/{spec.title}/{metric}", value, self.iteration)
+                                          limit=d.val_limit, shard=self.dist.shard)
+                if result is not None:
+                    for title in titles[key]:
+                        results[title] = {"mIoU": result["segmentation"]["mIoU"] if "segmentation" in result else None,
+                                          "AP": result["detection"]["AP"] if "detection" in result else None}
             self.model.train()
-            self.history.append({"iteration": self.iteration, "results": results})
-            first = next(iter(results.values()))
-            score = first["mIoU"] if first["mIoU"] is not None else first["AP"]
-            print(_summary_line(self.iteration, results), flush=True)
-            if score is not None and (self.best is None or score > self.best):
-                self.best = score
-                save_checkpoint(os.path.join(self.cfg.output_dir, "best.safetensors"), self.model,
-                                self._meta({"best": score, "evaluation": results}))
+            if self.dist.main:
+                self._record_evaluation(results)
         self._checkpoint()
+
+    def _record_evaluation(self, results: dict[str, dict]) -> None:
+        """Log one evaluation; keep best.safetensors for the best score on the held-out source split."""
+        self.history.append({"iteration": self.iteration, "results": results})
+        print(_summary_line(self.iteration, results), flush=True)
+        for title, scores in results.items():
+            for metric, value in scores.items():
+                if value is not None and self.writer is not None:
+                    self.writer.add_scalar(f"val/{title}/{metric}", value, self.iteration)
+        select = self.cfg.data.select
+        if select is None:
+            return
+        scores = results[select.title]
+        metric = "mIoU" if scores["mIoU"] is not None else "AP"
+        if scores[metric] is not None and (self.best is None or scores[metric] > self.best):
+            self.best = scores[metric]
+            selection = {"dataset": select.title, "metric": metric, "value": self.best, "iteration": self.iteration}
+            save_checkpoint(os.path.join(self.cfg.output_dir, "best.safetensors"), self.model,
+                            self._meta({"selection": selection, "evaluation": results}))
 
     def _log_sample_image(self, batch: dict) -> None:
         from vltseg_ros.visualize import colorize
@@ -560,7 +543,8 @@ def run(args: argparse.Namespace) -> int:
     summary = Trainer(cfg, device=args.device, resume=resume, progress=args.progress,
                       max_iterations=args.max_iterations).train()
     if "final" in summary:
-        print(f"wrote {summary['final']} (iteration {summary['iteration']}, best {summary['best']})")
+        best = f"; best.safetensors selected on {cfg.data.select.title}: {summary['best']}" if cfg.data.select else ""
+        print(f"wrote {summary['final']} (iteration {summary['iteration']}{best})")
     return 0
 
 

@@ -8,9 +8,13 @@ import importlib.metadata
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .checkpoint import CheckpointMeta
+    from .config import TTAConfig
 
 
 def parse_size(text: str) -> list[int]:
@@ -25,6 +29,34 @@ def parse_size(text: str) -> list[int]:
     if len(values) != 2 or min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected HxW with positive sizes, got {text!r}")
     return values
+
+
+def _parse_scales(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated scale factors, got {text!r}") from None
+
+
+def add_tta_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tta``, ``--tta-scales``, ``--tta-flip`` (test-time augmentation for test-server numbers)."""
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation: the run config's test_tta, else --tta-scales and --tta-flip")
+    parser.add_argument("--tta-scales", dest="tta_scales", type=_parse_scales, default=None,
+                        help="TTA scale factors of the inference size, e.g. 1,1.25,1.5,1.75,2,2.25 (implies --tta)")
+    parser.add_argument("--tta-flip", dest="tta_flip", action="store_true", help="TTA: add mirrored passes")
+
+
+def tta_from_args(args: argparse.Namespace, meta: "CheckpointMeta") -> Optional["TTAConfig"]:
+    """The TTA to run: explicit scales, else (with --tta) the one the checkpoint's run config names, else none."""
+    from .config import TTAConfig, from_dict
+
+    if args.tta_scales is not None:
+        return TTAConfig(scales=args.tta_scales, flip=args.tta_flip)
+    if not args.tta:
+        return None
+    recorded = (meta.provenance.get("config") or {}).get("test_tta")
+    return from_dict(TTAConfig, recorded, "test_tta") if recorded else TTAConfig(flip=args.tta_flip)
 
 
 def _checkpoint_new(args: argparse.Namespace) -> int:
@@ -90,8 +122,12 @@ def _predict(args: argparse.Namespace) -> int:
     from .predictor import Predictor
     from .visualize import colorize
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                          score_threshold=args.score_threshold)
+    from .checkpoint import load_checkpoint
+    from .labels import CITYSCAPES_TRAINID_TO_ID
+
+    model, meta = load_checkpoint(args.checkpoint)
+    predictor = Predictor(model, meta, device=args.device, precision=args.precision,
+                          score_threshold=args.score_threshold, tta=tta_from_args(args, meta))
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for path in args.images:
@@ -103,7 +139,8 @@ def _predict(args: argparse.Namespace) -> int:
         result = predictor.predict([image], image_format="BGR")[0]
         stem = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0])
         if result.label_map is not None:
-            cv2.imwrite(stem + "_labels.png", result.label_map)
+            ids = CITYSCAPES_TRAINID_TO_ID[result.label_map] if args.label_ids == "cityscapes" else result.label_map
+            cv2.imwrite(stem + "_labels.png", ids)
             color = colorize(result.label_map, predictor.palette)
             cv2.imwrite(stem + "_color.png", cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
         boxes = [
@@ -171,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu")
     predict.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     predict.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.3)
+    predict.add_argument("--label-ids", dest="label_ids", choices=["trainids", "cityscapes"], default="trainids",
+                         help="*_labels.png values: trainIds (255 = unlabeled), or Cityscapes labelIds as the "
+                              "Cityscapes test server expects (unlabeled = 0)")
+    add_tta_arguments(predict)
     predict.set_defaults(func=_predict)
 
     export = commands.add_parser("export", help="export the network to ONNX and check it with onnxruntime")

@@ -101,9 +101,10 @@ class NormalizationConfig:
 class InferenceConfig:
     """How the predictor feeds images to the network.
 
-    ``whole``: resize each image to ``size`` (H, W) exactly. ``slide``: resize keeping the aspect ratio to fit
-    ``fit_size`` (H, W), then average ``window``-sized crops taken every ``stride`` pixels (method.md §3.2:
-    512/426 within 512x1024 for synthetic-trained models, 1024/768 within 1024x2048 for real-trained ones).
+    ``whole``: resize each image to ``size`` (H, W) exactly. ``slide``: resize keeping the aspect ratio so the long
+    side is at most ``max(fit_size)`` and the short side at most ``min(fit_size)`` (mmcv's rule), then average
+    ``window``-sized crops taken every ``stride`` pixels (``EVAL_PROTOCOLS``: 512/426 within 512x1024 for
+    synthetic-trained models, 1024/768 within 1024x2048 for real-trained ones).
     """
 
     mode: str = "slide"
@@ -276,9 +277,27 @@ def model_preset(name: str, heads: tuple[str, ...] = ("seg",)) -> ModelConfig:
     return cfg
 
 
+EVAL_PROTOCOLS: dict[str, InferenceConfig] = {
+    "synthetic": InferenceConfig(mode="slide", fit_size=[512, 1024], window=512, stride=426),
+    "real": InferenceConfig(mode="slide", fit_size=[1024, 2048], window=1024, stride=768),
+}
+"""The paper's evaluation protocols (method.md §3.2): models trained on a synthetic source (GTA5, SYNTHIA) slide
+512/426 windows over images fitted into 1024x512; models trained on a real source slide 1024/768 windows within
+2048x1024. A dataset may fix its own test size per protocol (``SegmentationDataset.eval_fit_sizes``)."""
+
+
+def evaluation_protocol(cfg: InferenceConfig) -> Optional[str]:
+    """The name of the protocol whose sliding-window settings ``cfg`` uses, or None (custom settings)."""
+    for name, protocol in EVAL_PROTOCOLS.items():
+        if (cfg.mode, cfg.fit_size, cfg.window, cfg.stride) == (protocol.mode, protocol.fit_size, protocol.window,
+                                                                protocol.stride):
+            return name
+    return None
+
+
 def inference_preset(name: str) -> InferenceConfig:
     """Default inference for a new checkpoint: the synthetic-source protocol (slide 512/426 within 512x1024);
     the tiny model runs whole images at 256x512."""
     if name == "eva02_tiny":
         return InferenceConfig(mode="whole", size=[256, 512], fit_size=[256, 512], window=256, stride=192)
-    return InferenceConfig()
+    return dataclasses.replace(EVAL_PROTOCOLS["synthetic"])

@@ -40,3 +40,7 @@ def lookup_table(mapping: dict[int, int], size: int = 256) -> np.ndarray:
         lut[src] = dst
     return lut
 
+
+CITYSCAPES_TRAINID_TO_ID: np.ndarray = np.zeros(256, np.uint8)
+"""uint8 LUT trainId -> Cityscapes labelId (test-server submissions); anything else, e.g. 255, -> 0 (unlabeled)."""
+CITYSCAPES_TRAINID_TO_ID[list(CITYSCAPES_ID_TO_TRAINID.values())] = list(CITYSCAPES_ID_TO_TRAINID)
