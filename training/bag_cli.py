@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -34,9 +34,10 @@ from vltseg_ros.bag import (
     read_frames,
     topics_for,
 )
+from vltseg_ros.evaluation import evaluate, scorer_for
 from vltseg_ros.metrics import SegmentationEvaluator
 from vltseg_ros.predictor import Prediction, Predictor
-from vltseg_ros.report import Scorer, markdown_table, percent, write_report
+from vltseg_ros.report import markdown_table, percent, write_report
 from vltseg_ros.visualize import draw_overlay, palette_lut
 
 from .datasets import DATASETS, DatasetError, build_dataset
@@ -324,58 +325,74 @@ def _frame_line(frame: FrameRecord, result: Prediction, latency_s: float, frame_
     return line
 
 
-def _eval(args: argparse.Namespace) -> int:
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
-                                          score_threshold=args.score_threshold)
-    classes = predictor.meta.model.classes
-    det_classes = ({predictor.class_names.index(n): n for n in predictor.meta.model.det_head.classes}
-                   if predictor.has_det else None)
-    scorer = Scorer(classes, det_classes)
-    frame_seg = SegmentationEvaluator(classes)
-    camera, fps = _camera_rate(args.bag, args.namespace)
-    os.makedirs(args.out, exist_ok=True)
-    overlays = _OverlayWriter(args.out, args.overlays, args.mp4, fps, predictor)
+class BagEvaluation(NamedTuple):
+    """What ``evaluate_bag`` wrote: the results by domain, the report's files, frames scored, and the error that
+    ended the replay early (None when the whole bag was read)."""
+
+    results: dict
+    paths: list[str]
+    frames: int
+    error: Optional[str]
+
+
+def evaluate_bag(bag: str, predictor: Predictor, out: str, namespace: Optional[str] = None, overlays: int = 0,
+                 mp4: bool = False, header: Optional[dict] = None) -> BagEvaluation:
+    """Stream a bag's camera through the predictor and score it against the bag's ground truth (the shared
+    ``vltseg_ros.evaluation.evaluate`` loop): frames.jsonl (written as frames are scored), results.json/.md, plots,
+    and optionally overlay PNGs of the first ``overlays`` frames and an MP4. A damaged bag or Ctrl-C ends the replay
+    with a report of the frames read so far (``error`` says why)."""
+    camera, fps = _camera_rate(bag, namespace)
+    os.makedirs(out, exist_ok=True)
+    overlay_writer = _OverlayWriter(out, overlays, mp4, fps, predictor)
+    frame_seg = SegmentationEvaluator(predictor.meta.model.classes)
     from tqdm import tqdm
 
     error: Optional[str] = None
-    frames = 0
+    scorer = scorer_for(predictor)
     started = time.perf_counter()
-    with open(os.path.join(args.out, "frames.jsonl"), "w", encoding="utf-8") as log, \
+    with open(os.path.join(out, "frames.jsonl"), "w", encoding="utf-8") as log, \
             tqdm(total=camera["frames"] if camera else None, desc="bag eval", unit="frame", dynamic_ncols=True,
                  mininterval=1.0) as bar:
+
+        def on_frame(index: int, frame: FrameRecord, result: Prediction, latency: float) -> None:
+            log.write(json.dumps(_frame_line(frame, result, latency, frame_seg)) + "\n")
+            log.flush()  # a crash later still leaves every scored frame on disk
+            overlay_writer.add(index, frame, result)
+            bar.update()
+
         try:
-            for frame in read_frames(args.bag, args.namespace):
-                tic = time.perf_counter()
-                result = predictor.predict([frame.image], image_format="RGB")[0]
-                latency = time.perf_counter() - tic
-                height, width = frame.image.shape[:2]
-                scorer.add(result.label_map, frame.label, result.boxes, result.box_scores, result.box_class_ids,
-                           frame.boxes, frame.box_class_ids, height, width, latency_s=latency)
-                log.write(json.dumps(_frame_line(frame, result, latency, frame_seg)) + "\n")
-                log.flush()  # a crash later still leaves every scored frame on disk
-                overlays.add(frames, frame, result)
-                frames += 1
-                bar.update()
+            evaluate(predictor, enumerate(read_frames(bag, namespace)), scorer, on_frame)
         except BagError as exc:
             error = str(exc)
         except KeyboardInterrupt:  # a long replay stopped by hand still gets its report
             error = "interrupted"
         finally:
-            overlays.close()
+            overlay_writer.close()
     elapsed = time.perf_counter() - started
-    if not frames:
-        return _error(error or f"no frames on the camera topic of {args.bag}")
-    domain = os.path.basename(os.path.normpath(args.bag))
-    results = {domain: {**scorer.result(), "frames_per_s": frames / elapsed}}
-    header = {"checkpoint": args.checkpoint, "bag": args.bag, "image_topic": camera["image"] if camera else None,
-              "device": args.device, "precision": args.precision, "score_threshold": args.score_threshold,
-              "complete": error is None, "error": error,
+    if not scorer.images:
+        return BagEvaluation({}, [], 0, error or f"no frames on the camera topic of {bag}")
+    domain = os.path.basename(os.path.normpath(bag))
+    results = {domain: {**scorer.result(), "frames_per_s": scorer.images / elapsed}}
+    header = {**(header or {}), "bag": bag, "image_topic": camera["image"] if camera else None,
+              "device": str(predictor.device), "precision": predictor.precision,
+              "score_threshold": predictor.score_threshold, "complete": error is None, "error": error,
               "timing": "latency_ms: predictor wall time per frame; frames_per_s: frames / wall time of the replay "
                         "(bag read, decode, inference, scoring)"}
-    paths = write_report(results, args.out, classes, header)
-    _print_summary(domain, results, classes, [os.path.join(args.out, "frames.jsonl"), *paths.values()])
-    if error is not None:
-        return _error(f"{error}; the report covers the {frames} frames read before it")
+    paths = write_report(results, out, predictor.meta.model.classes, header)
+    return BagEvaluation(results, [os.path.join(out, "frames.jsonl"), *paths.values()], scorer.images, error)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
+                                          score_threshold=args.score_threshold)
+    evaluation = evaluate_bag(args.bag, predictor, args.out, args.namespace, args.overlays, args.mp4,
+                              header={"checkpoint": args.checkpoint})
+    if not evaluation.frames:
+        return _error(evaluation.error)
+    domain = next(iter(evaluation.results))
+    _print_summary(domain, evaluation.results, predictor.meta.model.classes, evaluation.paths)
+    if evaluation.error is not None:
+        return _error(f"{evaluation.error}; the report covers the {evaluation.frames} frames read before it")
     return 0
 
 

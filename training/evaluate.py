@@ -17,8 +17,7 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
@@ -27,8 +26,9 @@ from vltseg_ros.cli import add_tta_arguments, parse_size, tta_from_args
 from vltseg_ros.config import (
     ConfigError, InferenceConfig, TTAConfig, evaluation_protocol, validate_inference_config,
 )
+from vltseg_ros.evaluation import dataset_frame, evaluate
 from vltseg_ros.predictor import Predictor
-from vltseg_ros.report import Scorer, markdown_table, percent, write_report
+from vltseg_ros.report import markdown_table, percent, write_report
 
 from .datasets import DatasetError, build_dataset
 from .distributed import Dist, gather
@@ -57,23 +57,12 @@ def evaluate_dataset(model: torch.nn.Module, meta: CheckpointMeta, dataset, devi
     rank, world = shard
     predictor = Predictor(model, meta, device=device, precision=precision, score_threshold=0.0, tta=tta,
                           inference=inference or dataset_inference(dataset, meta.inference))
-    det_classes = {predictor.class_names.index(n): n for n in meta.model.det_head.classes} if predictor.has_det \
-        else None
-    scorer = Scorer(meta.model.classes, det_classes)
-    count = len(dataset) if not limit else min(limit, len(dataset))
-    indices = range(rank, count, world)
+    indices: Iterable[int] = range(rank, len(dataset) if not limit else min(limit, len(dataset)), world)
     if progress and rank == 0:
         from tqdm import tqdm
 
         indices = tqdm(indices, desc="eval", dynamic_ncols=True, mininterval=1.0)
-    for i in indices:
-        sample = dataset[i]
-        started = time.perf_counter()
-        result = predictor.predict([sample["image"]], image_format="RGB")[0]
-        elapsed = time.perf_counter() - started
-        height, width = sample["label"].shape
-        scorer.add(result.label_map, sample["label"], result.boxes, result.box_scores, result.box_class_ids,
-                   sample["boxes"], sample["box_labels"], height, width, latency_s=elapsed, key=i)
+    scorer = evaluate(predictor, ((i, dataset_frame(dataset[i])) for i in indices))
     shards = gather((scorer, getattr(dataset, "skipped", 0)), world)
     if rank != 0:
         return None

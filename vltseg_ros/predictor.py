@@ -97,6 +97,11 @@ class Predictor:
         self.has_seg = cfg.seg_head is not None
         self.has_det = cfg.det_head is not None
 
+    @property
+    def detection_classes(self) -> dict[int, str]:
+        """Detection classes by their id in ``class_names`` (empty without a detection head)."""
+        return {int(i): self.class_names[int(i)] for i in self._det_ids}
+
     def _compiled(self, mode: bool | str, cache_dir: Optional[str]):
         """torch.compile the network with static shapes. ``mode``: True/"default", "reduce-overhead" (CUDA graphs,
         removes launch overhead at small inputs) or "max-autotune". Inductor's FX-graph cache lives in
