@@ -167,3 +167,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli(["checkpoint", "new", "--model", "eva02_tiny", "--heads", "seg,mask",
                 "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "choose from 'seg' and 'det'" in capsys.readouterr().err
+
+
+def test_input_statistics_travel_with_the_network(tmp_path, tiny_model, tiny_config):
+    """The checkpoint's normalisation becomes the loaded network's own, which the predictor and trainer use."""
+    from vltseg_ros.config import NormalizationConfig
+
+    path = str(tmp_path / "stats.safetensors")
+    stats = NormalizationConfig(mean=[10.0, 20.0, 30.0], std=[2.0, 4.0, 8.0])
+    save_checkpoint(path, tiny_model, CheckpointMeta(model=tiny_config, normalization=stats))
+    model, meta = load_checkpoint(path)
+    assert meta.normalization == stats and model.normalization == stats
+    images = torch.full((1, 3, 2, 2), 42.0)
+    mean, std = torch.tensor([10.0, 20.0, 30.0]), torch.tensor([2.0, 4.0, 8.0])
+    expected = (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    torch.testing.assert_close(model.normalize(images), expected)
+    assert set(model.state_dict()) == set(tiny_model.state_dict())  # statistics are metadata, not weights

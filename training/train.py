@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vltseg_ros.checkpoint import CheckpointMeta, load_checkpoint, load_extra, read_meta, save_checkpoint
 from vltseg_ros.config import (
-    ConfigError, ModelConfig, NormalizationConfig, model_config_from_dict, model_preset, to_dict,
+    ConfigError, ModelConfig, model_config_from_dict, model_preset, to_dict,
 )
 from vltseg_ros.model import VLTSeg, build_model, load_pretrained
 
@@ -233,7 +233,6 @@ class Trainer:
         self.progress = progress and self.dist.main
         self.stop_at = max_iterations
         self.model_cfg = build_model_config(cfg)
-        self.normalization = NormalizationConfig()
         torch.manual_seed(cfg.seed)
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
@@ -258,7 +257,7 @@ class Trainer:
             model, meta = load_checkpoint(spec.init_checkpoint)
             if meta.model.classes != self.model_cfg.classes:
                 raise ConfigError(f"model.init_checkpoint {spec.init_checkpoint} has other classes")
-            fresh = build_model(self.model_cfg)
+            fresh = build_model(self.model_cfg, meta.normalization)
             fresh.load_state_dict(model.state_dict(), strict=True)
             model = fresh
         else:
@@ -307,9 +306,7 @@ class Trainer:
         return iter(loader)
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.normalization.mean, device=self.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.normalization.std, device=self.device).view(1, 3, 1, 1)
-        return (images.to(self.device, non_blocking=True) - mean) / std
+        return self.model.normalize(images.to(self.device, non_blocking=True))
 
     def _targets(self, batch: dict) -> tuple[Optional[torch.Tensor], Optional[list[dict]]]:
         seg = batch["label"].to(self.device, non_blocking=True) if self.model.seg_head is not None else None
@@ -410,7 +407,7 @@ class Trainer:
 
     def _meta(self, provenance: dict) -> CheckpointMeta:
         return CheckpointMeta(
-            model=self.model_cfg, normalization=self.normalization, inference=self.cfg.inference,
+            model=self.model_cfg, normalization=self.model.normalization, inference=self.cfg.inference,
             provenance={"created_by": "vltseg train", "run": self.cfg.name, "iteration": self.iteration,
                         "dataset": self.cfg.data.train.title, "pretrained": self.cfg.model.pretrained,
                         "world_size": self.dist.world, "trained": True,

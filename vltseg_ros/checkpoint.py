@@ -111,7 +111,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[torc
 
     with _open(path) as f:
         meta = _meta(f, path)
-        model = build_model(meta.model)
+        model = build_model(meta.model, meta.normalization)
         expected = model.state_dict()
         stored = set(f.keys())
         missing = sorted(set(expected) - stored)

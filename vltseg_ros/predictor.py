@@ -83,9 +83,6 @@ class Predictor:
         self._forward = self._compiled(compile, compile_cache_dir) if compile else self.model
         # CUDA-graph replays reuse their output buffers, and results of one batch are held while the next runs.
         self._cuda_graphs = compile == "reduce-overhead" and self.device.type == "cuda"
-        norm = meta.normalization
-        self._mean = torch.tensor(norm.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(norm.std, device=self.device).view(1, 3, 1, 1)
         cfg = meta.model
         self.class_names: list[str] = list(cfg.classes)
         self.palette = np.array(cfg.palette, dtype=np.uint8)
@@ -152,7 +149,7 @@ class Predictor:
     def _normalise(self, images: Tensor, size: Sequence[int]) -> Tensor:
         if tuple(images.shape[-2:]) != tuple(size):
             images = F.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
-        return (images - self._mean) / self._std
+        return self.model.normalize(images)
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray | Tensor], image_format: str | Sequence[str] = "RGB",

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, NormalizationConfig
 from .detection import DetectionHead
 from .encoder import ClipEncoder, pad_to_multiple
 from .mask2former import Mask2FormerHead, Mask2FormerLoss
@@ -15,13 +16,19 @@ from .pyramid import SimpleFeaturePyramid
 class VLTSeg(nn.Module):
     """CLIP encoder -> simple feature pyramid -> Mask2Former (semantic) and/or Faster R-CNN (boxes).
 
-    Input: [B, 3, H, W] normalised RGB float images of any size; they are zero-padded (bottom/right) to a multiple
-    of the patch size, and outputs are cropped back, so sizes need not be multiples of the patch.
+    Input: [B, 3, H, W] normalised RGB float images of any size (``normalize`` turns 0-255 RGB into them, with the
+    statistics the network was trained with); they are zero-padded (bottom/right) to a multiple of the patch size,
+    and outputs are cropped back, so sizes need not be multiples of the patch.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, normalization: Optional[NormalizationConfig] = None):
         super().__init__()
         self.cfg = cfg
+        # Input statistics live with the weights (as segment-anything keeps its pixel mean/std), so trainer,
+        # predictor and benchmarks cannot normalise differently. Not persistent: the checkpoint's metadata holds them.
+        self.normalization = normalization or NormalizationConfig()
+        self.register_buffer("pixel_mean", torch.tensor(self.normalization.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.normalization.std).view(1, 3, 1, 1), persistent=False)
         self.encoder = ClipEncoder(cfg.encoder.name, cfg.encoder.taps, cfg.encoder.drop_path_rate)
         width = self.encoder.embed_dim
         self.pyramid = SimpleFeaturePyramid(width, cfg.pyramid.norm)
@@ -44,6 +51,10 @@ class VLTSeg(nn.Module):
             )
         if cfg.det_head is not None:
             self.det_head = DetectionHead(width, cfg.det_head, self.encoder.patch_size)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[B, 3, H, W] RGB float images on the 0-255 scale -> the network's normalised input."""
+        return (images - self.pixel_mean) / self.pixel_std
 
     @property
     def patch_size(self) -> int:
@@ -112,9 +123,9 @@ class VLTSeg(nn.Module):
         return groups
 
 
-def build_model(cfg: ModelConfig) -> VLTSeg:
-    """Build a randomly initialised network for ``cfg``."""
-    return VLTSeg(cfg)
+def build_model(cfg: ModelConfig, normalization: Optional[NormalizationConfig] = None) -> VLTSeg:
+    """Build a randomly initialised network for ``cfg`` (input statistics: ``normalization``, or the default)."""
+    return VLTSeg(cfg, normalization)
 
 
 def count_parameters(model: nn.Module) -> int:
