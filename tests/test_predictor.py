@@ -238,3 +238,25 @@ def test_cli_predict_writes_test_server_label_ids_with_tta(tiny_checkpoint, tmp_
     label_ids = cv2.imread(str(tmp_path / "server" / "frame_labels.png"), cv2.IMREAD_UNCHANGED)
     assert train_ids.shape == label_ids.shape == (64, 128)
     assert set(np.unique(label_ids)) <= set(CITYSCAPES_ID_TO_TRAINID)  # labelIds, not trainIds
+
+
+def test_class_filter_and_threshold_are_the_predictors(tiny_checkpoint, rng):
+    """Post-processing lives in the predictor: filtered classes become unlabeled and lose their boxes."""
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    image = _image(rng, 128, 256)
+    everything = predictor.predict([image])[0]
+    assert predictor.set_class_filter(["car", "sky", "unicorn"]) == ["unicorn"]
+    filtered = predictor.predict([image])[0]
+    kept = {predictor.class_names.index("car"), predictor.class_names.index("sky")}
+    assert set(np.unique(filtered.label_map)) <= kept | {255}
+    same = np.isin(everything.label_map, list(kept))
+    assert np.array_equal(filtered.label_map[same], everything.label_map[same])
+    assert (filtered.label_map[~same] == 255).all()
+    assert set(filtered.box_class_ids.tolist()) <= kept
+    assert len(filtered.boxes) == int(np.isin(everything.box_class_ids, list(kept)).sum())
+    predictor.set_class_filter([])
+    predictor.set_score_threshold(1.0)
+    assert np.array_equal(predictor.predict([image])[0].label_map, everything.label_map)
+    assert len(predictor.predict([image])[0].boxes) == 0
+    with pytest.raises(ValueError, match="score threshold"):
+        predictor.set_score_threshold(1.5)

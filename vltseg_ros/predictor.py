@@ -18,7 +18,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from .checkpoint import CheckpointMeta, load_checkpoint
-from .config import InferenceConfig, TTAConfig
+from .config import InferenceConfig, TTAConfig, validate_inference_config
 from .labels import IGNORE_INDEX
 from .model.detection import unpad_detections
 
@@ -93,6 +93,42 @@ class Predictor:
         self._det_ids = torch.tensor([self.class_names.index(n) for n in det_classes], dtype=torch.int64)
         self.has_seg = cfg.seg_head is not None
         self.has_det = cfg.det_head is not None
+        self._class_lut: Optional[np.ndarray] = None  # class filter: label-map LUT (None = every class)
+        self._kept_ids: Optional[np.ndarray] = None  # class filter: ids whose boxes are returned
+
+    # ------------------------------------------------------------------ settings a running node changes live
+    def set_score_threshold(self, value: float) -> None:
+        """Minimum score of the boxes ``predict`` returns, in [0, 1]."""
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"score threshold must be in [0, 1], got {value}")
+        self.score_threshold = float(value)
+
+    def set_class_filter(self, names: Sequence[str]) -> list[str]:
+        """Return only these classes (empty = all): other classes become 255 (unlabeled) in label maps and their
+        boxes are dropped. Returns the names that are no class of this model (they match nothing)."""
+        if not names:
+            self._class_lut = self._kept_ids = None
+            return []
+        kept = [i for i, name in enumerate(self.class_names) if name in names]
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        lut[kept] = kept
+        self._class_lut, self._kept_ids = lut, np.array(kept, dtype=np.int64)
+        return sorted(set(names) - set(self.class_names))
+
+    def set_inference(self, cfg: InferenceConfig) -> None:
+        """Feed the network another way (whole image or sliding window, sizes); validated first."""
+        validate_inference_config(cfg)
+        self.inference = cfg
+
+    def release_device(self) -> None:
+        """Move the network to the host and hand its GPU memory back (a deactivated node keeps the model loaded)."""
+        self.model.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def restore_device(self) -> None:
+        """Move the network back to its device after ``release_device``."""
+        self.model.to(self.device)
 
     @property
     def detection_classes(self) -> dict[int, str]:
@@ -280,15 +316,20 @@ class Predictor:
         if scores is not None:
             best, label = scores.max(dim=0)
             label_map = label.to(torch.uint8).cpu().numpy()
+            if self._class_lut is not None:
+                label_map = self._class_lut[label_map]
             if return_confidence:
                 # Mask2Former's per-class scores do not sum to one; normalise them to a distribution.
                 total = scores.sum(dim=0).clamp_min(1e-6)
                 confidence = (best / total).clamp(0, 1).float().cpu().numpy()
         if det is not None:
-            keep = det["scores"] >= self.score_threshold
-            boxes = det["boxes"][keep].float().cpu().numpy()
-            class_ids = self._det_ids[det["labels"][keep].cpu()].numpy()
-            box_scores = det["scores"][keep].float().cpu().numpy()
+            keep = (det["scores"] >= self.score_threshold).cpu()
+            class_ids = self._det_ids[det["labels"].cpu()]
+            if self._kept_ids is not None:
+                keep &= torch.isin(class_ids, torch.from_numpy(self._kept_ids))
+            boxes = det["boxes"][keep.to(det["boxes"].device)].float().cpu().numpy()
+            class_ids = class_ids[keep].numpy()
+            box_scores = det["scores"][keep.to(det["scores"].device)].float().cpu().numpy()
         else:
             boxes = np.zeros((0, 4), np.float32)
             class_ids = np.zeros((0,), np.int64)
