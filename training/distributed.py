@@ -2,8 +2,10 @@
 evaluation use (NCCL on GPU, gloo on CPU; a single process needs no process group)."""
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Any
+import sys
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -56,3 +58,16 @@ def gather(value: Any, world: int) -> list:
     out: list = [None] * world
     dist.all_gather_object(out, value)
     return out
+
+
+def torchrun_main(prog: str, doc: Optional[str], add_arguments: Callable[[argparse.ArgumentParser], None],
+                  run: Callable[[argparse.Namespace], int], argv: Optional[list[str]],
+                  errors: tuple[type[Exception], ...]) -> int:
+    """``python -m <prog>`` (what torchrun launches): parse, run, and turn ``errors`` into one line and exit code 2."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    try:
+        return run(parser.parse_args(argv))
+    except errors as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2

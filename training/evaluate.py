@@ -31,7 +31,7 @@ from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import markdown_table, percent, write_report
 
 from .datasets import DatasetError, build_dataset
-from .distributed import Dist, gather
+from .distributed import Dist, gather, torchrun_main
 
 CHECKPOINTS = {"final": "final.safetensors", "best": "best.safetensors"}
 """What ``--which`` picks in a run directory."""
@@ -168,15 +168,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m training.evaluate`` (what torchrun launches for a sharded evaluation)."""
-    parser = argparse.ArgumentParser(prog="training.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except (CheckpointError, ConfigError, DatasetError) as exc:
-        print(f"vltseg eval: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m training.evaluate`` (what torchrun launches)."""
+    return torchrun_main("training.evaluate", __doc__, add_arguments, run, argv, (CheckpointError, ConfigError, DatasetError))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from vltseg_ros.model import VLTSeg, build_model, load_pretrained
 from .config import TrainConfig, deep_merge, load_config
 from .config import to_dict as config_to_dict
 from .datasets import build_dataset
-from .distributed import Dist
+from .distributed import Dist, torchrun_main
 from .transforms import TrainTransform, collate
 
 logger = logging.getLogger("vltseg.train")
@@ -547,14 +547,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """``python -m training.train`` (what torchrun launches)."""
-    parser = argparse.ArgumentParser(prog="training.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except ConfigError as exc:
-        print(f"vltseg train: error: {exc}", file=sys.stderr)
-        return 2
+    return torchrun_main("training.train", __doc__, add_arguments, run, argv, (ConfigError,))
 
 
 if __name__ == "__main__":
