@@ -20,6 +20,7 @@ import torch
 from vltseg_ros.checkpoint import CheckpointMeta, load_checkpoint
 from vltseg_ros.cli import parse_size
 from vltseg_ros.config import InferenceConfig, validate_inference_config
+from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import Scorer, markdown_table, percent, write_report
 
@@ -27,7 +28,7 @@ from .datasets import build_dataset
 
 
 def evaluate_dataset(model: torch.nn.Module, meta: CheckpointMeta, dataset, device: torch.device | str = "cpu",
-                     precision: str = "fp32", limit: int = 0, progress: bool = False,
+                     precision: str = "auto", limit: int = 0, progress: bool = False,
                      inference: Optional[InferenceConfig] = None) -> dict:
     """Score a model on a dataset (``Scorer.result`` plus ``skipped``): segmentation when the model has a
     segmentation head, detection when it has a detection head and the dataset has boxes, and latency."""
@@ -73,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default val) and report label; repeat for several domains")
     parser.add_argument("--out", required=True, help="report directory")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 where the device runs it natively, else fp32")
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most N images per dataset")
     parser.add_argument("--mode", choices=["whole", "slide"], help="override the checkpoint's inference mode")
     parser.add_argument("--size", type=parse_size, help="whole mode input HxW")
