@@ -113,5 +113,6 @@ def device_line(description: dict) -> str:
     """``describe_device``'s dict as one line, e.g. ``cpu, Intel(R) Xeon(R) Processor, ATen AVX512, ..., 2 threads``."""
     parts = [str(v) for k, v in description.items() if k != "threads"]
     if "threads" in description:
-        parts.append(f"{description['threads']} threads")
+        threads = description["threads"]
+        parts.append(f"{threads} thread{'' if threads == 1 else 's'}")
     return ", ".join(parts)
