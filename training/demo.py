@@ -62,7 +62,8 @@ class DemoSize:
     min_iterations: int = 1
 
 
-FULL = DemoSize(256, 512, 300, 40, 450, 8, 256, 8, 2.0, budget_s=540.0, reserve_s=120.0, min_iterations=150)
+# Batch 4: on a random-init model twice the steps of batch 8 in the same time learned more (mIoU and AP50).
+FULL = DemoSize(256, 512, 300, 40, 900, 4, 256, 8, 2.0, budget_s=540.0, reserve_s=90.0, min_iterations=200)
 QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0)
 CALIBRATION_ITERATIONS = 3
 
