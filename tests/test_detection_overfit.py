@@ -1,6 +1,6 @@
 """The standard sanity check that the detection head and its losses can learn: the tiny seg+det model, trained on
 8 synthetic frames, finds the boxes of those same frames. It fails when a loss term is broken (checked: with the
-box-regression loss zeroed, AP50 stays near 0.4)."""
+box-regression loss zeroed, AP50 stayed at 0.26)."""
 from __future__ import annotations
 
 import numpy as np
