@@ -20,6 +20,7 @@ import torch
 from vltseg_ros.checkpoint import CheckpointMeta
 from vltseg_ros.config import InferenceConfig, model_preset
 from vltseg_ros.model import build_model
+from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Predictor
 
 
@@ -34,7 +35,7 @@ def main() -> int:
     parser.add_argument("--model", default="eva02_tiny")
     parser.add_argument("--heads", default="seg,det")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--size", default="128x256", help="frame and network input HxW")
     parser.add_argument("--frames", type=int, default=10000)
     parser.add_argument("--warmup", type=int, default=50)
@@ -64,7 +65,7 @@ def main() -> int:
         if i in checkpoints:
             rows.append((i, rss_mb(), gpu_mb()))
     elapsed = time.perf_counter() - started
-    print(f"# memory soak: {args.model}, {args.size}, {args.precision}, device {device}, batch {args.batch}, "
+    print(f"# memory soak: {args.model}, {args.size}, {predictor.precision}, device {device}, batch {args.batch}, "
           f"{args.frames} frames after {args.warmup} warm-up ({args.frames / elapsed:.1f} frames/s)")
     print("| frames after warm-up | host RSS MiB | GPU allocated MiB |")
     print("|---|---|---|")

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from vltseg_ros.precision import PRECISIONS, resolve_precision
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
@@ -122,7 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="eva02_tiny")
     parser.add_argument("--size", default="512x1024", help="frame size HxW (also the network input)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement time per side")
     parser.add_argument("--overdrive", type=float, default=1.2,
                         help="publish rate / predictor rate for throughput (>1 keeps the node busy; the excess is "
@@ -137,13 +139,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.safetensors")
         _write_checkpoint(path, args.model, height, width)
-        bare = bench_predictor(path, frames, args.precision, args.seconds)
+        precision = resolve_precision(args.precision, "cpu")  # the node takes a resolved precision
+        bare = bench_predictor(path, frames, precision, args.seconds)
         bare_fps = 1.0 / statistics.median(bare)
         (node_fps, busy_lat, published), (_, idle_lat, _) = bench_node(
-            path, frames, args.precision, args.seconds, [bare_fps * args.overdrive, bare_fps * args.underdrive],
+            path, frames, precision, args.seconds, [bare_fps * args.overdrive, bare_fps * args.underdrive],
             args.domain)
     bare_ms = np.array(bare) * 1000
-    print(f"# node vs predictor: {args.model}, {args.size} rgb8, {args.precision}, CPU, "
+    print(f"# node vs predictor: {args.model}, {args.size} rgb8, {precision}, CPU, "
           f"{args.seconds:.0f} s each, published {published} frames at {bare_fps * args.overdrive:.1f} Hz "
           f"(throughput), then at {bare_fps * args.underdrive:.1f} Hz (latency)")
     print("| path | frames/s | p50 ms | p95 ms |")

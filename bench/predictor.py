@@ -32,6 +32,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _label(asked: str, resolved: str) -> str:
+    return f"auto ({resolved})" if asked == "auto" else resolved
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
@@ -41,7 +45,7 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", type=_sizes, default=_sizes("256x512,512x1024"), help="source image sizes HxW")
     parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
     parser.add_argument("--mode", choices=["whole", "slide", "checkpoint"], default="whole",
                         help="whole: network input = source size; slide: the checkpoint's windows; "
                              "checkpoint: the checkpoint's own inference settings")
@@ -87,7 +91,8 @@ def main() -> int:
                     predictor.predict(frames)
                     _sync(device)
                     times.append((time.perf_counter() - start) * 1000 / batch)
-                rows.append((precision, f"{height}x{width}", batch, statistics.median(times), max(times)))
+                rows.append((_label(precision, predictor.precision), f"{height}x{width}", batch, statistics.median(times),
+                             max(times)))
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 

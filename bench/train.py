@@ -16,9 +16,7 @@ import torch
 
 from vltseg_ros.config import model_preset
 from vltseg_ros.model import build_model, count_parameters
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
+from vltseg_ros.precision import autocast, describe_device, device_line, resolve_precision
 
 def _batch(batch: int, height: int, width: int, classes: int, device: torch.device, det: bool):
     images = torch.randn(batch, 3, height, width, device=device)
@@ -39,7 +37,7 @@ def main() -> int:
     parser.add_argument("--heads", default="seg")
     parser.add_argument("--crop", default="256x256", help="HxW")
     parser.add_argument("--batches", default="2,4")
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default="auto", help="comma-separated: auto, fp32, bf16, fp16")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -54,7 +52,8 @@ def main() -> int:
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     rows = []
-    for precision in args.precisions.split(","):
+    for asked in args.precisions.split(","):
+        precision = resolve_precision(asked, device)
         for batch in (int(b) for b in args.batches.split(",")):
             images, labels, boxes = _batch(batch, height, width, len(cfg.classes), device, cfg.det_head is not None)
             times = []
@@ -63,8 +62,7 @@ def main() -> int:
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
-                dtype = AUTOCAST[precision]
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                with autocast(precision, device):
                     losses = model(images, seg_targets=labels if cfg.seg_head else None, det_targets=boxes)
                 sum(losses.values()).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
@@ -75,11 +73,11 @@ def main() -> int:
                     times.append(time.perf_counter() - start)
             ips = batch / statistics.median(times)
             memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-            rows.append((precision, batch, statistics.median(times) * 1000, ips, memory))
+            rows.append((f"auto ({precision})" if asked == "auto" else precision, batch, statistics.median(times) * 1000, ips, memory))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
     print(f"# training step: {args.model} ({count_parameters(model) / 1e6:.1f} M params), heads {args.heads}, "
-          f"crop {args.crop}, device {device}, torch {torch.__version__}")
+          f"crop {args.crop}, torch {torch.__version__}, {device_line(describe_device(device))}")
     print("| precision | batch | ms/step | images/s | peak GPU GiB | projected schedule |")
     print("|---|---|---|---|---|---|")
     for precision, batch, ms, ips, memory in rows:

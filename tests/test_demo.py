@@ -1,6 +1,7 @@
 """The reduced end-to-end demo: render -> train -> score -> bag -> ROS 2 replay -> report, tiny sizes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -8,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ros_harness import fresh_domain
+from training import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,3 +44,33 @@ def test_quick_demo_produces_every_artefact(tmp_path):
     assert list((report / "offline_replay" / "overlays").glob("*.png"))
     assert (out / "run" / "final.safetensors").is_file() and (out / "replay_bag" / "metadata.yaml").is_file()
     assert "report:" in result.stdout and "| target-fog |" in result.stdout
+    assert summary["precision"] in ("fp32", "bf16") and summary["machine"]["device"] == "cpu"
+    assert f"precision: {summary['precision']}; machine: cpu, " in result.stdout
+    # the node and the offline replay ran at the precision "auto" resolved to
+    assert f"cpu, {summary['precision']})" in (report / "ros2_replay" / "node.log").read_text()
+    assert json.loads((report / "offline_replay" / "results.json").read_text())["precision"] == summary["precision"]
+
+
+@pytest.mark.parametrize("step_s, expected", [
+    (2.0, 200),  # 94 s rendering + 6 s calibration spent, 100 s reserved: 400 s left at 2 s/iteration
+    (0.1, 1000),  # a fast machine: capped at the config's iterations
+    (60.0, 10),  # a slow one: never fewer than min_iterations
+])
+def test_training_is_sized_by_a_calibration_run(monkeypatch, step_s, expected):
+    clock = [0.0]
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+
+    class CalibrationTrainer:
+        def __init__(self, cfg, **kwargs):
+            self.iterations = cfg.schedule.iterations
+
+        def train(self) -> dict:
+            clock[0] += step_s * self.iterations
+            return {}
+
+    monkeypatch.setattr(demo, "Trainer", CalibrationTrainer)
+    size = dataclasses.replace(demo.FULL, iterations=1000, budget_s=600.0, reserve_s=100.0, min_iterations=10)
+    cfg = demo._train_config("data", "run", size, 0, "fp32")
+    plan = demo.plan_training(cfg, size, started=clock[0] - 94.0)
+    assert plan["iterations"] == expected and plan["step_s"] == pytest.approx(step_s)
+    assert plan["train_budget_s"] == pytest.approx(600.0 - 94.0 - demo.CALIBRATION_ITERATIONS * step_s - 100.0)

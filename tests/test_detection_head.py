@@ -195,3 +195,21 @@ def test_both_paths_agree_under_bf16_autocast():
         reference, fixed = _both_paths(model, images, [(64, 96), (48, 70)])
     assert int(reference["count"].sum()) > 0
     _assert_same_detections(reference, fixed)
+
+
+def test_loss_weight_scales_every_detection_loss():
+    """``loss_weight`` balances the detection losses against Mask2Former's, which share the encoder's gradient."""
+    images = torch.randn(2, 3, 64, 96)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 90.0, 60.0]]),
+                "labels": torch.tensor([0, 2])}] * 2
+    losses = []
+    for weight in (1.0, 3.0):
+        cfg = model_preset("eva02_tiny", ("det",))
+        cfg.det_head.loss_weight = weight
+        torch.manual_seed(0)
+        model = build_model(cfg).train()
+        torch.manual_seed(1)  # the same RPN and RoI samples
+        losses.append(model(images, det_targets=targets))
+    assert set(losses[0]) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    for key, value in losses[0].items():
+        torch.testing.assert_close(losses[1][key], 3.0 * value)

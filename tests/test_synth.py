@@ -23,13 +23,12 @@ def render(seed, style="synthetic", condition="clear", size=SIZE):
 
 
 def expected_boxes(instance_ids):
-    """Pixel-edge boxes of every thing instance with at least MIN_BOX_PIXELS visible pixels, sorted by id."""
+    """Pixel-edge boxes of every thing instance left in the map (small ones are bare labelIds), sorted by id."""
     boxes, ids = [], []
     for value in np.unique(instance_ids[instance_ids >= 1000]):
         rows, cols = np.nonzero(instance_ids == value)
-        if len(rows) >= synth.MIN_BOX_PIXELS:
-            boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
-            ids.append(LUT[value // 1000])
+        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+        ids.append(LUT[value // 1000])
     return np.array(boxes, np.float32).reshape(-1, 4), np.array(ids, np.int64)
 
 
@@ -70,7 +69,7 @@ def test_train_ids_and_instance_ids_follow_the_label_ids(seed):
     instances = frame.instance_ids >= 1000
     np.testing.assert_array_equal(frame.instance_ids[instances] // 1000, frame.label_ids[instances])
     np.testing.assert_array_equal(frame.instance_ids[~instances], frame.label_ids[~instances])
-    assert np.array_equal(np.isin(frame.label_ids, THING_LABEL_IDS), instances), "things need instance ids"
+    assert np.isin(frame.label_ids[instances], THING_LABEL_IDS).all(), "only things have instance ids"
 
 
 @pytest.mark.parametrize("seed", [0, 5, 12])
@@ -83,6 +82,35 @@ def test_boxes_are_tight_around_the_visible_instance_pixels(seed):
     np.testing.assert_array_equal(frame.boxes[order], boxes[expected_order])
     np.testing.assert_array_equal(frame.box_train_ids[order], ids[expected_order])
     assert set(frame.box_train_ids.tolist()) <= set(range(11, 19))
+    assert (frame.boxes[:, 2:] - frame.boxes[:, :2]).min() >= synth.MIN_BOX_SIDE
+
+
+def test_small_instances_get_no_box_and_keep_their_labels():
+    car, person = 26, 24  # Cityscapes labelIds
+    instance_ids = np.full((40, 60), 7, np.int32)  # road
+    instance_ids[2:12, 3:13] = car * 1000  # 10x10: boxed
+    instance_ids[20:40, 30:30 + synth.MIN_BOX_SIDE - 1] = person * 1000 + 1  # too narrow: no box
+    instance_ids[20:40, 50:50 + synth.MIN_BOX_SIDE] = person * 1000 + 2  # just wide enough
+    kept, boxes, train_ids = synth._boxed_instances(instance_ids)
+    np.testing.assert_array_equal(boxes, [[50, 20, 58, 40], [3, 2, 13, 12]])  # by instance id
+    np.testing.assert_array_equal(train_ids, [LUT[person], LUT[car]])
+    assert (kept[20:40, 30:37] == person).all()  # a crowd-like region: the bare labelId, as Cityscapes writes it
+    np.testing.assert_array_equal(kept[instance_ids != person * 1000 + 1],
+                                  instance_ids[instance_ids != person * 1000 + 1])
+
+
+def test_the_dataset_reader_sees_exactly_the_rendered_boxes(tmp_path):
+    """The convention lives in the written instanceIds, so training data, offline evaluation and replay bags (all
+    read through the dataset reader) get the same boxes as the renderer."""
+    from training.datasets import build_dataset
+
+    synth.write_split(str(tmp_path), "val", 3, 0, 256, 512, "realistic", "clear")
+    dataset = build_dataset("cityscapes", str(tmp_path), "val")
+    for i in range(3):
+        frame, sample = render(i, "realistic", size=(256, 512)), dataset[i]
+        order, expected = np.lexsort(sample["boxes"].T[::-1]), np.lexsort(frame.boxes.T[::-1])
+        np.testing.assert_array_equal(sample["boxes"][order], frame.boxes[expected])
+        np.testing.assert_array_equal(sample["box_labels"][order], frame.box_train_ids[expected])
 
 
 def test_twenty_frames_cover_most_classes():

@@ -36,6 +36,7 @@ from vltseg_ros.bag import (
 )
 from vltseg_ros.evaluation import evaluate, scorer_for
 from vltseg_ros.metrics import SegmentationEvaluator
+from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Prediction, Predictor
 from vltseg_ros.report import markdown_table, percent, write_report
 from vltseg_ros.visualize import draw_overlay, palette_lut
@@ -245,7 +246,8 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report directory")
     parser.add_argument("--namespace", help="camera namespace (default: the bag's only camera)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 where the device runs it natively, else fp32")
     parser.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.05,
                         help="drop predicted boxes below this score before scoring")
     parser.add_argument("--overlays", type=int, default=0, help="write the first N overlay frames as PNGs")

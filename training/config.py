@@ -2,8 +2,9 @@
 
 Defaults are the paper's recipe (method.md §2): AdamW lr 1e-4 with the encoder at x0.1, weight decay 0.05 (none on
 norms, biases, position embedding, queries and level embeddings), global-norm gradient clipping at 0.01, poly(0.9)
-decay after 500 constant iterations, drop path 0.2, bf16 autocast. ``final.safetensors`` is the run's result;
-a ``best.safetensors`` is chosen only on a held-out split of the source (``data.select``), never on a target.
+decay after 500 constant iterations, drop path 0.2, bf16 autocast (``precision: auto`` picks it where the device
+runs bf16 natively, fp32 elsewhere). ``final.safetensors`` is the run's result; a ``best.safetensors`` is chosen only
+on a held-out split of the source (``data.select``), never on a target.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Optional
 import yaml
 
 from vltseg_ros.config import ConfigError, InferenceConfig, TTAConfig, from_dict, validate_inference_config
+from vltseg_ros.precision import PRECISIONS
 
 
 @dataclass
@@ -102,7 +104,7 @@ class TrainConfig:
     name: str = "run"
     output_dir: str = "runs/run"
     seed: int = 0
-    precision: str = "bf16"
+    precision: str = "auto"  # auto: bf16 where the device runs it natively, else fp32 (vltseg_ros.precision)
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
@@ -182,8 +184,8 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ConfigError for values that cannot work."""
-    if cfg.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"precision: fp32, bf16 or fp16, got {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision: one of {list(PRECISIONS)}, got {cfg.precision!r}")
     s = cfg.schedule
     if s.iterations < 1 or s.batch_size < 1 or s.accum_steps < 1:
         raise ConfigError("schedule: iterations, batch_size and accum_steps must be >= 1")

@@ -1,11 +1,12 @@
 """End-to-end demo on a fresh machine, CPU only, no downloads: data -> training -> bag -> ROS 2 replay -> report.
 
-    vltseg demo                     # about 10-15 minutes on 2 cores
+    vltseg demo                     # at most about 10 minutes on 2 cores, AVX2 or better
     vltseg demo --quick             # tiny sizes, about 2 minutes (what CI runs)
 
 1. renders the synthetic domain-shift benchmark (flat-shaded source style; textured target style in clear, fog,
    night, rain and snow);
-2. trains the tiny EVA02 VLTSeg+VLTDet model on the source style and writes a checkpoint;
+2. trains the tiny EVA02 VLTSeg+VLTDet model on the source style and writes a checkpoint. The iteration count
+   fits a time budget: a 3-iteration calibration run measures this machine's step time first;
 3. scores the checkpoint on every domain (the domain gap);
 4. writes a replay bag (MCAP) of target-style frames with ground truth;
 5. starts the real ROS 2 node on the checkpoint, plays the bag into it through DDS with /clock, and scores the
@@ -19,11 +20,17 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
 
 from vltseg_ros.bag import BagWriter, FrameRecord
 from vltseg_ros.checkpoint import load_checkpoint
+from vltseg_ros.precision import PRECISIONS, describe_device, device_line, resolve_precision
+from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import percent, write_report
 
 from . import bag_cli, synth
@@ -32,13 +39,16 @@ from .datasets import build_dataset
 from .evaluate import evaluate_dataset
 from .train import Trainer
 
+SCORE_THRESHOLD = 0.05  # boxes the node publishes and the offline replay scores (AP needs the low-score tail)
 TARGETS = tuple(f"target_{c}" for c in synth.CONDITIONS)
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How big each step is."""
+    """How big each step is. With a ``budget_s``, training runs as many iterations as fit in what is left of the
+    budget after rendering and ``reserve_s`` (the steps after training), within [``min_iterations``,
+    ``iterations``]; without one, exactly ``iterations``."""
 
     height: int
     width: int
@@ -49,16 +59,21 @@ class DemoSize:
     crop: int
     bag_frames_per_domain: int
     bag_fps: float
+    budget_s: Optional[float] = None
+    reserve_s: float = 0.0
+    min_iterations: int = 1
 
 
-FULL = DemoSize(256, 512, 300, 40, 450, 8, 256, 8, 2.0)
+# Batch 4: on a random-init model twice the steps of batch 8 in the same time learned more (mIoU and AP50).
+FULL = DemoSize(256, 512, 300, 40, 900, 4, 256, 8, 2.0, budget_s=540.0, reserve_s=90.0, min_iterations=200)
 QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0)
+CALIBRATION_ITERATIONS = 3
 
 
-def _train_config(data: str, out: str, size: DemoSize, workers: int) -> dict:
+def _train_config(data: str, out: str, size: DemoSize, workers: int, precision: str) -> dict:
     domains = [("source", "source")] + [(t, t.replace("_", "-")) for t in TARGETS]
     return {
-        "name": "demo", "output_dir": out, "precision": "bf16",
+        "name": "demo", "output_dir": out, "precision": precision,
         "model": {"preset": "eva02_tiny", "heads": ["seg", "det"]},
         "data": {
             "train": {"name": "cityscapes", "root": os.path.join(data, "source"), "split": "train"},
@@ -74,6 +89,39 @@ def _train_config(data: str, out: str, size: DemoSize, workers: int) -> dict:
         "inference": {"mode": "whole", "size": [size.height, size.width], "fit_size": [size.height, size.width],
                       "window": size.height, "stride": size.height},
     }
+
+
+def plan_training(cfg: dict, size: DemoSize, started: float) -> dict:
+    """Threads and iteration count for ``size`` on this machine, and sets torch's intra-op threads to them.
+
+    Throwaway runs of ``CALIBRATION_ITERATIONS`` iterations of the demo's own training config (``cfg``) measure the
+    step time with torch's default threads and with one; the faster wins (on a busy 2-core machine two spinning
+    OpenMP threads beside the loader process were 5-8x slower than one). Training gets what is left of the budget
+    (counted from ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``,
+    ``step_s`` (None without a budget) and ``train_budget_s``."""
+    if size.budget_s is None:
+        return {"iterations": size.iterations, "threads": torch.get_num_threads(), "step_s": None,
+                "train_budget_s": None}
+    step_s = {threads: _calibration_step_s(cfg, threads) for threads in sorted({torch.get_num_threads(), 1})}
+    threads = min(step_s, key=step_s.get)
+    torch.set_num_threads(threads)
+    budget = size.budget_s - (time.perf_counter() - started) - size.reserve_s
+    iterations = min(size.iterations, max(size.min_iterations, int(budget / step_s[threads])))
+    return {"iterations": iterations, "threads": threads, "step_s": step_s[threads], "train_budget_s": budget,
+            "calibration_s": {str(k): v for k, v in step_s.items()}}
+
+
+def _calibration_step_s(cfg: dict, threads: int) -> float:
+    """Seconds per iteration of ``cfg`` on ``threads`` intra-op threads (loader start-up included: errs long)."""
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        schedule = {**cfg["schedule"], "iterations": CALIBRATION_ITERATIONS,
+                    "checkpoint_interval": CALIBRATION_ITERATIONS}
+        trainer = Trainer(config_from_dict({**cfg, "output_dir": tmp, "schedule": schedule}), device="cpu",
+                          resume=None, progress=False)
+        timed = time.perf_counter()
+        trainer.train()
+        return (time.perf_counter() - timed) / CALIBRATION_ITERATIONS
 
 
 def _step(title: str) -> float:
@@ -97,16 +145,18 @@ def _write_replay_bag(data: str, path: str, size: DemoSize) -> int:
     return count
 
 
-def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int, timeout: float) -> dict:
+def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int, timeout: float,
+                precision: str) -> dict:
     """Node + evaluator + player in three processes over real DDS; returns the evaluator's summary."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     bindir = os.path.dirname(sys.executable)
-    threshold = "0.05"
+    threshold = str(SCORE_THRESHOLD)
     node = subprocess.Popen(
         [os.path.join(bindir, "vltseg_node"), "--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
-         "-p", f"score_threshold:={threshold}", "-p", "use_sim_time:=true", "-p", "input_qos.reliability:=reliable",
-         "-p", "input_qos.depth:=50", "-p", "frame_queue:=50", "-r", "image:=/camera/image"],
+         "-p", f"score_threshold:={threshold}", "-p", f"precision:={precision}", "-p", "use_sim_time:=true",
+         "-p", "input_qos.reliability:=reliable", "-p", "input_qos.depth:=50", "-p", "frame_queue:=50",
+         "-r", "image:=/camera/image"],
         env=env, stdout=open(os.path.join(out, "node.log"), "w"), stderr=subprocess.STDOUT)
     evaluator = subprocess.Popen(
         [os.path.join(bindir, "vltseg_eval_node"), "--ros-args", "-p", f"output_dir:={out}",
@@ -134,12 +184,15 @@ def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int
         return json.load(f)
 
 
-def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42) -> dict:
+def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, precision: str = "auto") -> dict:
     """All demo steps; returns the summary that is printed and saved as summary.json."""
     started = time.perf_counter()
     data, run_dir, report = (os.path.join(out, d) for d in ("data", "run", "report"))
     os.makedirs(report, exist_ok=True)
     timings = {}
+    machine = describe_device("cpu")
+    resolved = resolve_precision(precision, "cpu")  # resolved once: the node and the offline replay get the same
+    print(f"precision: {precision} -> {resolved} on {device_line(machine)}", flush=True)
 
     t = _step("1/6 rendering the synthetic domain-shift benchmark")
     synth.write_benchmark(data, train=size.train_frames, val=size.val_frames, height=size.height, width=size.width,
@@ -147,7 +200,14 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42) ->
     timings["render_s"] = time.perf_counter() - t
 
     t = _step("2/6 training VLTSeg+VLTDet (tiny EVA02) on the synthetic source style")
-    cfg = config_from_dict(_train_config(data, run_dir, size, workers=min(workers, 1)))
+    plan = plan_training(_train_config(data, run_dir, size, min(workers, 1), resolved), size, started)
+    if plan["step_s"] is not None:
+        measured = ", ".join(f"{v:.2f} on {t} thread(s)" for t, v in plan["calibration_s"].items())
+        print(f"calibration: s/iteration with {measured}; {plan['train_budget_s']:.0f} s of the "
+              f"{size.budget_s:.0f} s budget left for training -> {plan['iterations']} iterations on "
+              f"{plan['threads']} thread(s)", flush=True)
+    size = replace(size, iterations=plan["iterations"])
+    cfg = config_from_dict(_train_config(data, run_dir, size, min(workers, 1), resolved))
     summary = Trainer(cfg, device="cpu", resume=None, progress=True).train()
     checkpoint = summary["final"]
     timings["train_s"] = time.perf_counter() - t
@@ -156,7 +216,8 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42) ->
     model, meta = load_checkpoint(checkpoint)
     domains = {}
     for spec in cfg.data.val:
-        domains[spec.title] = evaluate_dataset(model, meta, build_dataset(spec.name, spec.root, spec.split))
+        domains[spec.title] = evaluate_dataset(model, meta, build_dataset(spec.name, spec.root, spec.split), "cpu",
+                                               resolved)
     write_report(domains, os.path.join(report, "domains"), meta.model.classes, {"checkpoint": checkpoint})
     timings["eval_s"] = time.perf_counter() - t
 
@@ -168,22 +229,22 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42) ->
     t = _step("5/6 replaying the bag into the ROS 2 node through DDS (node + evaluator + player)")
     online_dir = os.path.join(report, "ros2_replay")
     os.makedirs(online_dir, exist_ok=True)
-    online = _ros_replay(checkpoint, bag, frames, online_dir, domain_id, timeout=max(300.0, frames * 10.0))
+    online = _ros_replay(checkpoint, bag, frames, online_dir, domain_id, timeout=max(300.0, frames * 10.0),
+                         precision=resolved)
     timings["replay_s"] = time.perf_counter() - t
 
     t = _step("6/6 offline replay of the same bag (overlay frames and MP4)")
-    parser = argparse.ArgumentParser()
-    bag_cli.add_arguments(parser)
-    offline_dir = os.path.join(report, "offline_replay")
-    code = bag_cli.run(parser.parse_args(["eval", "--bag", bag, "--checkpoint", checkpoint, "--out", offline_dir,
-                                          "--device", "cpu", "--overlays", "8", "--mp4"]))
-    if code != 0:
-        raise RuntimeError("offline bag replay failed")
+    predictor = Predictor(model, meta, device="cpu", precision=resolved, score_threshold=SCORE_THRESHOLD)
+    offline = bag_cli.evaluate_bag(bag, predictor, os.path.join(report, "offline_replay"), overlays=8, mp4=True,
+                                   header={"checkpoint": checkpoint})
+    if offline.error is not None:
+        raise RuntimeError(f"offline bag replay failed: {offline.error}")
     timings["offline_replay_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
 
     result = {"checkpoint": checkpoint, "report": report, "domains": domains, "online": online,
-              "bag_fps": size.bag_fps, "timings": timings}
+              "bag_fps": size.bag_fps, "timings": timings, "precision": resolved, "machine": machine,
+              "training": plan}
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
@@ -205,9 +266,13 @@ def print_summary(result: dict) -> None:
               f"vltseg_node): mIoU {percent(seg['mIoU']) if seg else '-'}, AP50 {percent(det['AP50']) if det else '-'}, "
               f"node output {fps or float('nan'):.2f} frames/s (bag played at {result['bag_fps']:g} frames/s), latency p50 {latency.get('p50', float('nan')):.0f} ms / "
               f"p95 {latency.get('p95', float('nan')):.0f} ms")
-    t = result["timings"]
-    print(f"\ntime: {t['total_s'] / 60:.1f} min (render {t['render_s']:.0f} s, train {t['train_s']:.0f} s, "
-          f"eval {t['eval_s']:.0f} s, replay {t['replay_s']:.0f} s)")
+    t, plan = result["timings"], result["training"]
+    print(f"\nprecision: {result['precision']}; machine: {device_line(result['machine'])}")
+    step = f", calibrated at {plan['step_s']:.2f} s/iteration" if plan["step_s"] is not None else ""
+    print(f"training: {plan['iterations']} iterations on {plan['threads']} thread(s){step}")
+    print(f"time: {t['total_s'] / 60:.1f} min (render {t['render_s']:.0f} s, train {t['train_s']:.0f} s, "
+          f"eval {t['eval_s']:.0f} s, bag {t['bag_s']:.0f} s, replay {t['replay_s']:.0f} s, "
+          f"offline replay {t['offline_replay_s']:.0f} s)")
     print(f"report: {os.path.abspath(result['report'])}")
 
 
@@ -217,11 +282,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CI smoke run, about 2 minutes)")
     parser.add_argument("--workers", type=int, default=2, help="processes for rendering")
     parser.add_argument("--domain-id", dest="domain_id", type=int, default=42, help="ROS_DOMAIN_ID for the replay")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 where this CPU runs it natively (AVX512-BF16 or AMX), else fp32")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``vltseg demo``."""
-    result = run_demo(args.out, QUICK if args.quick else FULL, workers=args.workers, domain_id=args.domain_id)
+    result = run_demo(args.out, QUICK if args.quick else FULL, workers=args.workers, domain_id=args.domain_id,
+                      precision=args.precision)
     print_summary(result)
     return 0
 

@@ -27,6 +27,7 @@ from vltseg_ros.config import (
     ConfigError, InferenceConfig, TTAConfig, evaluation_protocol, validate_inference_config,
 )
 from vltseg_ros.evaluation import dataset_frame, evaluate
+from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import markdown_table, percent, write_report
 
@@ -44,7 +45,7 @@ def dataset_inference(dataset, inference: InferenceConfig) -> InferenceConfig:
 
 
 def evaluate_dataset(model: torch.nn.Module, meta: CheckpointMeta, dataset, device: torch.device | str = "cpu",
-                     precision: str = "fp32", limit: int = 0, progress: bool = False,
+                     precision: str = "auto", limit: int = 0, progress: bool = False,
                      inference: Optional[InferenceConfig] = None, tta: Optional[TTAConfig] = None,
                      shard: tuple[int, int] = (0, 1)) -> Optional[dict]:
     """Score a model on a dataset (``Scorer.result`` plus ``skipped`` and the ``inference`` used): segmentation
@@ -118,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "root, split (default val) and report label; repeat for several domains")
     parser.add_argument("--out", required=True, help="report directory")
     parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 where the device runs it natively, else fp32")
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most N images per dataset")
     parser.add_argument("--mode", choices=["whole", "slide"], help="override the checkpoint's inference mode")
     parser.add_argument("--size", type=parse_size, help="whole mode input HxW")

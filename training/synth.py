@@ -54,8 +54,12 @@ _EGO_VEHICLE = 1  # Cityscapes labelId "ego vehicle": not a train class, so it e
 _TRAIN_LUT = lookup_table(CITYSCAPES_ID_TO_TRAINID)
 _PALETTE = np.asarray(CITYSCAPES_PALETTE, np.float32)
 
-MIN_BOX_PIXELS = 20
-"""Thing instances with fewer visible pixels get no box (they stay in the label and instance maps)."""
+MIN_BOX_SIDE = 8
+"""The small-box convention: a thing instance whose tight box is narrower or shorter than this many pixels gets no
+box. It is written like a Cityscapes crowd region (its instanceIds pixels hold the bare labelId; its labelIds and
+trainIds are unchanged), so every reader of the written frames sees the same boxes: training, offline evaluation,
+replay bags and the online evaluator. Such objects (half of all instances at 256x512: distant people, vehicles
+behind others) are a few pixels of stride-4 features and no anchor can match them."""
 
 _NEAR = 0.3  # near clipping plane (m); the ego hood is screen-space and needs none
 _SCENE_STREAM, _STYLE_STREAM, _CONDITION_STREAM = 0, 1, 2
@@ -68,8 +72,8 @@ class Frame:
     image: np.ndarray  # HxWx3 uint8 RGB
     label_ids: np.ndarray  # HxW uint8 Cityscapes labelIds (0 = unlabeled, 1 = ego vehicle)
     train_ids: np.ndarray  # HxW uint8 trainIds 0..18, 255 = ignore; equals lookup_table(...)[label_ids]
-    instance_ids: np.ndarray  # HxW int32: labelId*1000+k for thing instances, labelId elsewhere
-    boxes: np.ndarray  # Nx4 float32 xyxy pixel-edge boxes: [min col, min row, max col + 1, max row + 1]
+    instance_ids: np.ndarray  # HxW int32: labelId*1000+k for boxed thing instances, labelId elsewhere
+    boxes: np.ndarray  # Nx4 float32 xyxy pixel-edge boxes [min col, min row, max col + 1, max row + 1] (MIN_BOX_SIDE)
     box_train_ids: np.ndarray  # N int64 trainIds of the boxes
 
 
@@ -1634,22 +1638,25 @@ def _check(style: str, condition: str, height: int, width: int) -> None:
         raise ValueError(f"frame size must be at least 16x16, got {height}x{width}")
 
 
-def _boxes_from_instances(instance_ids: np.ndarray, min_pixels: int = MIN_BOX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """Tight xyxy pixel-edge boxes (float32 Nx4) and trainIds (int64 N) of thing instances (ids >= 1000)."""
+def _boxed_instances(instance_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply the small-box convention to an instanceIds map (labelId*1000+k for thing instances): returns the map
+    with instances under ``MIN_BOX_SIDE`` turned into bare labelIds, and the tight xyxy pixel-edge boxes (float32
+    Nx4) and trainIds (int64 N) of the instances that remain."""
     flat = instance_ids.ravel()
     index = np.flatnonzero(flat >= 1000)
     ids = flat[index]
     order = np.argsort(ids, kind="stable")
     ids, index = ids[order], index[order]
     if len(ids) == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return instance_ids, np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    counts = np.diff(np.r_[starts, len(ids)])
     rows, cols = np.divmod(index, instance_ids.shape[1])
     boxes = np.stack([np.minimum.reduceat(cols, starts), np.minimum.reduceat(rows, starts),
                       np.maximum.reduceat(cols, starts) + 1, np.maximum.reduceat(rows, starts) + 1], -1)
-    keep = counts >= min_pixels
-    return boxes[keep].astype(np.float32), _TRAIN_LUT[ids[starts][keep] // 1000].astype(np.int64)
+    keep = (boxes[:, 2:] - boxes[:, :2]).min(1) >= MIN_BOX_SIDE
+    small = np.isin(instance_ids, ids[starts][~keep])
+    instance_ids = np.where(small, instance_ids // 1000, instance_ids)
+    return instance_ids, boxes[keep].astype(np.float32), _TRAIN_LUT[ids[starts][keep] // 1000].astype(np.int64)
 
 
 def render_frame(seed: int, height: int = 256, width: int = 512, style: str = "synthetic",
@@ -1661,8 +1668,7 @@ def render_frame(seed: int, height: int = 256, width: int = 512, style: str = "s
     scene = _Street(np.random.default_rng(np.random.SeedSequence([seed, _SCENE_STREAM])), height, width).build()
     sid = scene.raster.surf
     label_ids = np.asarray(scene.label, np.uint8)[sid]
-    instance_ids = np.asarray(scene.inst, np.int32)[sid]
-    boxes, box_train_ids = _boxes_from_instances(instance_ids)
+    instance_ids, boxes, box_train_ids = _boxed_instances(np.asarray(scene.inst, np.int32)[sid])
     return Frame(image=_shade(scene, seed, style, condition), label_ids=label_ids, train_ids=_TRAIN_LUT[label_ids],
                  instance_ids=instance_ids, boxes=boxes, box_train_ids=box_train_ids)
 

@@ -34,6 +34,7 @@ from vltseg_ros.config import (
     ConfigError, ModelConfig, model_config_from_dict, model_preset, to_dict,
 )
 from vltseg_ros.model import VLTSeg, build_model, load_pretrained
+from vltseg_ros.precision import autocast, describe_device, device_line, resolve_precision
 
 from .config import TrainConfig, deep_merge, load_config
 from .config import to_dict as config_to_dict
@@ -43,7 +44,6 @@ from .transforms import TrainTransform, collate
 
 logger = logging.getLogger("vltseg.train")
 CHECKPOINT_RE = re.compile(r"^ckpt_(\d+)\.safetensors$")
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # -------------------------------------------------------------------------------------------------------- data
@@ -230,6 +230,8 @@ class Trainer:
         self.cfg = cfg
         self.dist = Dist(device)
         self.device = self.dist.device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.machine = describe_device(self.device)
         self.progress = progress and self.dist.main
         self.stop_at = max_iterations
         self.model_cfg = build_model_config(cfg)
@@ -328,10 +330,10 @@ class Trainer:
             with open(os.path.join(cfg.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
             self.writer = _tensorboard(cfg.output_dir)
+            print(f"precision: {cfg.precision} -> {self.precision} on {device_line(self.machine)}", flush=True)
         batches = self._loader()
         end = s.iterations if self.stop_at is None else min(s.iterations, self.stop_at)
         bar = _progress(self.iteration, s.iterations, self.progress)
-        autocast = AUTOCAST[cfg.precision]
         self.model.train()
         started, images_seen = time.perf_counter(), 0
         while self.iteration < end:
@@ -344,7 +346,7 @@ class Trainer:
                 seg, det = self._targets(batch)
                 sync = nullcontext() if (micro == s.accum_steps - 1 or self.dist.world == 1) else self.ddp.no_sync()
                 with sync:
-                    with torch.autocast(self.device.type, dtype=autocast) if autocast else nullcontext():
+                    with autocast(self.precision, self.device):
                         losses = self.ddp(images, seg_targets=seg, det_targets=det)
                     loss = sum(losses.values()) / s.accum_steps
                     loss.backward()
@@ -410,7 +412,8 @@ class Trainer:
             model=self.model_cfg, normalization=self.model.normalization, inference=self.cfg.inference,
             provenance={"created_by": "vltseg train", "run": self.cfg.name, "iteration": self.iteration,
                         "dataset": self.cfg.data.train.title, "pretrained": self.cfg.model.pretrained,
-                        "world_size": self.dist.world, "trained": True,
+                        "world_size": self.dist.world, "trained": True, "precision": self.precision,
+                        "machine": self.machine,
                         "config": config_to_dict(self.cfg), **provenance},
         )
 
@@ -447,7 +450,7 @@ class Trainer:
             results = {}
             for key, spec in specs.items():
                 dataset = build_dataset(spec.name, spec.root, spec.split, **spec.options)
-                result = evaluate_dataset(self.model, self._meta({}), dataset, self.device, self.cfg.precision,
+                result = evaluate_dataset(self.model, self._meta({}), dataset, self.device, self.precision,
                                           limit=d.val_limit, shard=self.dist.shard)
                 if result is not None:
                     for title in titles[key]:

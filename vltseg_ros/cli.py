@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from .config import ConfigError
+from .precision import PRECISIONS
 
 if TYPE_CHECKING:
     from .checkpoint import CheckpointMeta
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--checkpoint", required=True)
     predict.add_argument("--out", required=True, help="output directory")
     predict.add_argument("--device", default="cpu")
-    predict.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    predict.add_argument("--precision", default="auto", choices=PRECISIONS,
+                         help="auto: bf16 where the device runs it natively, else fp32")
     predict.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.3)
     predict.add_argument("--label-ids", dest="label_ids", choices=["trainids", "cityscapes"], default="trainids",
                          help="*_labels.png values: trainIds (255 = unlabeled), or Cityscapes labelIds as the "

@@ -1,13 +1,13 @@
 """ROS-free inference: uint8 images in (explicit RGB/BGR, any sizes), label maps and boxes out at source size.
 
 Data path: numpy HxWx3 uint8 -> device tensor (pinned upload on CUDA) -> resize + normalise on the device ->
-network under ``inference_mode`` and optional bf16/fp16 autocast -> per-class scores resized to the source size
--> argmax (+ confidence) and boxes scaled to source pixels -> numpy.
+network under ``inference_mode`` and the precision's autocast (``auto``: bf16 where the device runs it natively,
+see ``precision.py``) -> per-class scores resized to the source size -> argmax (+ confidence) and boxes scaled to
+source pixels -> numpy.
 """
 from __future__ import annotations
 
 import dataclasses
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -21,8 +21,7 @@ from .checkpoint import CheckpointMeta, load_checkpoint
 from .config import InferenceConfig, TTAConfig, validate_inference_config
 from .labels import IGNORE_INDEX
 from .model.detection import unpad_detections
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .precision import autocast, resolve_precision
 
 
 class InputError(ValueError):
@@ -62,7 +61,7 @@ class Predictor:
         model: torch.nn.Module,
         meta: CheckpointMeta,
         device: str | torch.device = "cpu",
-        precision: str = "fp32",
+        precision: str = "auto",
         inference: Optional[InferenceConfig] = None,
         score_threshold: float = 0.0,
         max_batch: int = 8,
@@ -70,12 +69,10 @@ class Predictor:
         compile_cache_dir: Optional[str] = None,
         tta: Optional[TTAConfig] = None,
     ):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
         self.meta = meta
         self.inference = inference or meta.inference
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)  # "auto" -> what the device runs natively
         self.score_threshold = score_threshold
         self.max_batch = max_batch
         self.tta = tta
@@ -151,16 +148,12 @@ class Predictor:
                              mode=None if mode in (True, "default") else mode)
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", precision: str = "fp32",
+    def from_checkpoint(cls, path: str, device: str | torch.device = "cpu", precision: str = "auto",
                         **kwargs) -> "Predictor":
         """Load a ``.safetensors`` checkpoint and wrap it (kwargs: inference, score_threshold, max_batch, compile,
         compile_cache_dir, tta)."""
         model, meta = load_checkpoint(path)
         return cls(model, meta, device=device, precision=precision, **kwargs)
-
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
 
     def _upload(self, image: np.ndarray | Tensor, image_format: str) -> Tensor:
         """HxWx3 uint8 numpy array or torch tensor (any device, e.g. decoded by nvJPEG) -> [1, 3, H, W] float32
@@ -235,7 +228,7 @@ class Predictor:
         return scores, detections
 
     def _run(self, batch: Tensor) -> dict:
-        with self._autocast():
+        with autocast(self.precision, self.device):
             if not self._cuda_graphs:
                 return self._forward(batch)
             torch.compiler.cudagraph_mark_step_begin()

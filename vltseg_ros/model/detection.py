@@ -184,7 +184,8 @@ class DetectionHead(nn.Module):
         """Pyramid maps (finest first) of a padded ``input_size`` (H, W) batch, and per-image (H, W) of the valid
         (unpadded) area.
 
-        Training (``targets``: per image ``boxes`` [N, 4] xyxy, ``labels`` [N] 1-based): the RPN and RoI losses.
+        Training (``targets``: per image ``boxes`` [N, 4] xyxy, ``labels`` [N] 1-based): the RPN and RoI losses,
+        times ``cfg.loss_weight``.
         Eval: the padded detections of :meth:`infer`.
         """
         features = self.fpn(OrderedDict((str(i), x) for i, x in enumerate(pyramid)))
@@ -196,7 +197,7 @@ class DetectionHead(nn.Module):
         images = self._image_list(pyramid[0], input_size, image_sizes)
         proposals, rpn_losses = self.rpn(images, features, targets)
         _, roi_losses = self.roi_heads(features, proposals, image_sizes, targets)
-        return {**rpn_losses, **roi_losses}
+        return {key: self.cfg.loss_weight * value for key, value in {**rpn_losses, **roi_losses}.items()}
 
     @staticmethod
     def _image_list(like: Tensor, input_size: tuple[int, int], image_sizes: list[tuple[int, int]]) -> ImageList:
