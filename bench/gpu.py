@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Everything issue #6 measures on a GPU: correctness (GPU vs CPU), then timings, as Markdown.
+"""Every GPU speed target of the product (bench/RESULTS.md): correctness (GPU vs CPU), then timings, as Markdown.
 
     bash bench/gpu.sh                      # on the GPU machine: all sections, tables to $OUT/RESULTS.md
     bash bench/gpu.sh --only predictor,detection   # a subset (sections below), e.g. split over two calls

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: correctness + every timing of issue #6, tables written to $OUT/RESULTS.md
+# One call on the GPU machine: correctness + every GPU speed target, tables written to $OUT/RESULTS.md
 # (rewritten after each section; sections run in priority order within a 540 s budget, see bench/gpu.py --help).
 # The machine's python has torch/torchvision/timm/transformers; this repository needs no install for it
 # (PYTHONPATH), except safetensors/scipy which that image ships.

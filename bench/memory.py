@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Memory soak: host RSS (and GPU memory on CUDA) over many predictor frames after warm-up.
 
-Targets (issue #6): host RSS grows <= 50 MB over 10 000 frames (CPU, tiny model); GPU memory flat after warm-up
+Targets: host RSS grows <= 50 MB over 10 000 frames (CPU, tiny model); GPU memory flat after warm-up
 over 1 000 frames. Prints RSS / GPU memory at checkpoints and the growth after warm-up.
 
     python bench/memory.py --frames 10000 --size 128x256          # CPU, tiny

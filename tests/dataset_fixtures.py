@@ -3,7 +3,7 @@
 Every label map is eight vertical bands of ``BAND`` pixels; band k of sample i holds ``ids[(k - i) % 8]`` (the
 band pattern rolled by the sample index, so a mis-paired label shows). Each dataset's ``*_IDS`` are the stored
 ids and ``*_TRAINIDS`` the Cityscapes trainIds they must become, written by hand from the published mappings
-(data.md §6, method.md §3.4). Sources of the encodings:
+(docs/design.md#label-mappings). Sources of the encodings:
 - cityscapesScripts ``json2labelImg`` ("L" ids/trainIds, "RGBA" colour) and ``json2instanceImg`` (PIL "I", which
   Pillow wrote as 16-bit grayscale PNG; ids ``labelId * 1000 + k``, k from 0; crowd regions keep the labelId);
 - GTA5: "P" PNG whose index is the Cityscapes labelId (DAFormer ``gta.py`` reads ``np.asarray(Image.open(f))``);

@@ -109,7 +109,7 @@ def test_round_trip(tmp_path, synth_records, storage, distro, compressed):
     assert meta["storage_identifier"] == storage
     for topic in meta["topics_with_message_count"]:
         qos = topic["topic_metadata"]["offered_qos_profiles"]
-        assert isinstance(qos, list if meta["version"] == 9 else str)  # v9 reads a sequence (stack.md §7)
+        assert isinstance(qos, list if meta["version"] == 9 else str)  # v9 reads a sequence (docs/design.md#ros-2-stack)
 
     frames = list(read_frames(bag))
     assert len(frames) == len(synth_records)

@@ -1,6 +1,6 @@
 """Training configuration: YAML files in ``training/configs/`` plus ``--set key=value`` overrides, validated once.
 
-Defaults are the paper's recipe (method.md §2): AdamW lr 1e-4 with the encoder at x0.1, weight decay 0.05 (none on
+Defaults are the paper's recipe (docs/design.md#method): AdamW lr 1e-4 with the encoder at x0.1, weight decay 0.05 (none on
 norms, biases, position embedding, queries and level embeddings), global-norm gradient clipping at 0.01, poly(0.9)
 decay after 500 constant iterations, drop path 0.2, bf16 autocast (``precision: auto`` picks it where the device
 runs bf16 natively, fp32 elsewhere). ``final.safetensors`` is the run's result; a ``best.safetensors`` is chosen only

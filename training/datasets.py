@@ -6,7 +6,7 @@ Each reader lists and pairs its files once at construction (``samples``) and dec
 ``__getitem__``: ``dict(image=HxWx3 uint8 RGB, label=HxW uint8 trainIds, boxes=Nx4 float32 xyxy,
 box_labels=N int64 trainIds, name=str)``, passed through ``transform`` when one is given. Boxes use pixel-edge
 coordinates: a box covering columns 3..5 is ``x1=3, x2=6``. On-disk layouts and label mappings:
-shared/docs/data.md §6 and method.md §3.4.
+docs/design.md#label-mappings and the README's dataset table.
 
 Labels are read from the split's label directory whenever it exists. Only splits whose ground truth is withheld
 (``unlabeled_splits``, e.g. ``test``) may lack it; their samples have ``label=None`` and load as all-ignore maps, as
@@ -58,8 +58,8 @@ SYNTHIA_16_CLASSES: tuple[int, ...] = tuple(
 )
 """trainIds of the mIoU16 protocol: the 19 classes minus terrain (9), truck (14) and train (16)."""
 
-# trainId -> Mapillary v1.2 ids. HRDA (method.md §3.4) reproduces VLTSeg numbers; Rein (data.md §6.4) is the
-# broader name-based rule of Rein/tqdm/DepthForge. Grouped by trainId so each row reads like the doc tables.
+# trainId -> Mapillary v1.2 ids. HRDA reproduces VLTSeg numbers; Rein is the broader name-based rule of
+# Rein/tqdm/DepthForge (docs/design.md#label-mappings). Grouped by trainId, one row per class.
 _MAPILLARY_HRDA_GROUPS: dict[int, tuple[int, ...]] = {
     0: (13, 24, 41), 1: (2, 15), 2: (17,), 3: (6,), 4: (3,), 5: (45, 47), 6: (48,), 7: (50,), 8: (30,), 9: (29,),
     10: (27,), 11: (19,), 12: (20, 21, 22), 13: (55,), 14: (61,), 15: (54,), 16: (58,), 17: (57,), 18: (52,),

@@ -1,4 +1,4 @@
-"""Training and evaluation transforms: the mmseg training pipeline of VLTSeg (method.md §2.4) in numpy/OpenCV.
+"""Training and evaluation transforms: the mmseg training pipeline of VLTSeg (docs/design.md#method) in numpy/OpenCV.
 
 Input is a dataset sample ``dict(image=HxWx3 uint8 RGB, label=HxW uint8 trainIds, boxes=Nx4 float32 xyxy
 pixel-edge coordinates, box_labels=N int64, name=str)``; output holds torch tensors: ``image`` float32 [3,H,W] RGB

@@ -35,7 +35,7 @@ class PyramidConfig:
 
 @dataclass
 class SegHeadConfig:
-    """Mask2Former semantic head and its loss (method.md §1.7)."""
+    """Mask2Former semantic head and its loss (docs/design.md#method)."""
 
     hidden_dim: int = 256
     num_queries: int = 100
@@ -119,7 +119,7 @@ class InferenceConfig:
 
 @dataclass
 class TTAConfig:
-    """Test-time augmentation for test-server numbers (method.md §3.3): inference at each of ``scales`` times the
+    """Test-time augmentation for test-server numbers (docs/design.md#evaluation-protocol): inference at each of ``scales`` times the
     inference size (``size`` or ``fit_size``), each also mirrored when ``flip``; class scores are averaged at the
     source resolution and boxes merged by class-wise NMS. Off for deployment: it multiplies the cost."""
 
@@ -290,7 +290,7 @@ EVAL_PROTOCOLS: dict[str, InferenceConfig] = {
     "synthetic": InferenceConfig(mode="slide", fit_size=[512, 1024], window=512, stride=426),
     "real": InferenceConfig(mode="slide", fit_size=[1024, 2048], window=1024, stride=768),
 }
-"""The paper's evaluation protocols (method.md §3.2): models trained on a synthetic source (GTA5, SYNTHIA) slide
+"""The paper's evaluation protocols (docs/design.md#evaluation-protocol): models trained on a synthetic source (GTA5, SYNTHIA) slide
 512/426 windows over images fitted into 1024x512; models trained on a real source slide 1024/768 windows within
 2048x1024. A dataset may fix its own test size per protocol (``SegmentationDataset.eval_fit_sizes``)."""
 

@@ -1,6 +1,6 @@
 """Label definitions: the 19 Cityscapes train classes, their palette, and source-dataset id mappings.
 
-The 19-class table follows cityscapesscripts' ``labels.py`` (MIT); see ../shared/docs/data.md §5-6.
+The 19-class table follows cityscapesscripts' ``labels.py`` (MIT); mappings of the other datasets: docs/design.md#label-mappings.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Mask2Former semantic-segmentation head and loss in plain PyTorch.
 
 Mirrors mmdet-3.x ``Mask2FormerHead`` + ``MSDeformAttnPixelDecoder`` as configured by VLTSeg
-(method.md §1.7): a multi-scale deformable-attention pixel decoder over the three coarsest
+(docs/design.md#method): a multi-scale deformable-attention pixel decoder over the three coarsest
 pyramid levels, an FPN step for the finest level, a masked-attention transformer decoder with
 deep supervision, and the point-sampled Hungarian-matched set loss. No CUDA extensions or mmcv:
 deformable attention uses the ``grid_sample`` formulation from Deformable-DETR.

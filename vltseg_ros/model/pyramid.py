@@ -1,4 +1,4 @@
-"""Simple feature pyramid (ViTDet / BEiT style) over four encoder taps (method.md §1.5)."""
+"""Simple feature pyramid (ViTDet / BEiT style) over four encoder taps (docs/design.md#method)."""
 from __future__ import annotations
 
 from typing import Sequence
