@@ -72,6 +72,7 @@ setup(
             "vltseg = vltseg_ros.cli:main",
             "vltseg_node = vltseg_ros.node.node:main",
             "vltseg_eval_node = vltseg_ros.node.evaluator:main",
+            "vltseg_bag_play = vltseg_ros.node.player:main",
         ],
         "vltseg.commands": [
             "synth = training.synth",

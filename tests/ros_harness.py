@@ -72,6 +72,18 @@ class RosHarness:
             time.sleep(poll)
         return bool(condition())
 
+    def publish_until(self, pub, make_msg: Callable[[int], Any], done: Callable[[], Any],
+                      timeout: float = 20.0) -> bool:
+        """Publish ``make_msg(0)``, ``make_msg(1)``, ... until ``done()`` (best-effort input may drop early ones,
+        and a lazy node subscribes only once it sees a subscriber to its outputs)."""
+        deadline = time.monotonic() + timeout
+        i = 0
+        while time.monotonic() < deadline and not done():
+            pub.publish(make_msg(i))
+            i += 1
+            self.wait_for(done, timeout=0.3)
+        return bool(done())
+
     def wait_matched(self, pub, count: int = 1, timeout: float = 10.0) -> None:
         """Block until ``pub`` has ``count`` subscribers (DDS discovery), else fail."""
         assert self.wait_for(lambda: pub.get_subscription_count() >= count, timeout), "no subscriber discovered"

@@ -73,20 +73,9 @@ def _frame(h=60, w=100, seed=0):
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _publish_while(ros, pub, make_msg, done, timeout=20.0) -> bool:
-    """Publish fresh frames until ``done()`` (best-effort input may drop early ones)."""
-    deadline = time.monotonic() + timeout
-    i = 0
-    while time.monotonic() < deadline and not done():
-        pub.publish(make_msg(i))
-        i += 1
-        ros.wait_for(done, timeout=0.3)
-    return bool(done())
-
-
 def _publish_until(ros, pub, make_msg, bucket, count=1, timeout=20.0) -> bool:
     """Publish fresh frames until ``bucket`` holds ``count`` messages."""
-    return _publish_while(ros, pub, make_msg, lambda: len(bucket) >= count, timeout)
+    return ros.publish_until(pub, make_msg, lambda: len(bucket) >= count, timeout)
 
 
 @pytest.mark.parametrize("qos", [BEST_EFFORT, RELIABLE], ids=["best_effort_publisher", "reliable_publisher"])
@@ -556,8 +545,8 @@ def test_always_on_infers_without_subscribers(ros, checkpoint):
     try:
         pub = ros.publisher(Image, "/image")
         ros.wait_matched(pub)
-        assert _publish_while(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i),
-                              lambda: node.counters.snapshot().get("published.overlay", 0) >= 1)
+        assert ros.publish_until(pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i),
+                                 lambda: node.counters.snapshot().get("published.overlay", 0) >= 1)
         assert node.counters.snapshot()["published.label_mask"] >= 1  # every enabled output
     finally:
         stop_node(node)
