@@ -202,7 +202,7 @@ def check_multi_camera_launch(env: dict[str, str], tmp_path: Path, checkpoint: s
             "remappings:={'~/front/detections': /perception/front_boxes}"]
     sizes = {"front": (60, 100), "rear": (30, 50)}
     with Launch(args, env, tmp_path / "launch.log", bin_dir) as launch:
-        launch.wait_for_output("active: input front/image, rear/image")
+        launch.wait_for_output("]: active: ")
         ros = RosHarness(domain_id=int(env["ROS_DOMAIN_ID"]))
         try:
             masks = {cam: ros.record(Image, f"/robot/vltseg/{cam}/label_mask") for cam in sizes}

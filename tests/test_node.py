@@ -423,6 +423,11 @@ def _statuses(diags, name_part: str) -> list:
     return [status for array_ in list(diags) for status in array_.status if name_part in status.name]
 
 
+def _node_statuses(diags) -> list:
+    """The node's own statuses (not the per-camera input ones), oldest first."""
+    return [status for status in _statuses(diags, "vltseg: ") if ": input " not in status.name]
+
+
 def _values(status) -> dict[str, str]:
     return {kv.key: kv.value for kv in status.values}
 
@@ -439,7 +444,7 @@ def test_diagnostics_report_rates_latency_and_counters(ros, checkpoint):
         pub.publish(_with(image_msg(_frame(), "rgb8", 1), encoding="yuv422"))
 
         def latest():
-            for status in reversed(_statuses(diags, ": inference")):
+            for status in reversed(_node_statuses(diags)):
                 values = _values(status)
                 if int(values.get("rejected", 0)) >= 1 and int(values.get("published", 0)) >= 3:
                     return status, values
@@ -468,8 +473,8 @@ def test_diagnostics_level_follows_the_recent_window(ros, checkpoint):
         pub = ros.publisher(Image, "/image")
         ros.wait_matched(pub)
         pub.publish(_with(image_msg(_frame(), "rgb8", 1), encoding="yuv422"))
-        assert ros.wait_for(lambda: any(s.level == s.WARN for s in _statuses(diags, ": inference")))
-        assert ros.wait_for(lambda: _statuses(diags, ": inference")[-1].level == DiagnosticStatus.OK)
+        assert ros.wait_for(lambda: any(s.level == s.WARN for s in _node_statuses(diags)))
+        assert ros.wait_for(lambda: _node_statuses(diags)[-1].level == DiagnosticStatus.OK)
 
         predict = node.predictor.predict
         failures = []
@@ -482,10 +487,10 @@ def test_diagnostics_level_follows_the_recent_window(ros, checkpoint):
 
         node.predictor.predict = fail_once
         assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
-        assert ros.wait_for(lambda: [s for s in _statuses(diags, ": inference") if s.level == s.ERROR])
-        errors = [s for s in _statuses(diags, ": inference") if s.level == DiagnosticStatus.ERROR]
+        assert ros.wait_for(lambda: [s for s in _node_statuses(diags) if s.level == s.ERROR])
+        errors = [s for s in _node_statuses(diags) if s.level == DiagnosticStatus.ERROR]
         assert "CUDA out of memory (simulated)" in errors[0].message
-        assert ros.wait_for(lambda: _statuses(diags, ": inference")[-1].level == DiagnosticStatus.OK)
+        assert ros.wait_for(lambda: _node_statuses(diags)[-1].level == DiagnosticStatus.OK)
         assert node.counters.snapshot()["inference_errors"] == 1  # the total stays in the values
     finally:
         stop_node(node)

@@ -66,9 +66,9 @@ def test_plain_build_runs_with_ros2_run(workspace, launch_checkpoint, tmp_path):
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if "active: input image" in line:
+            if "]: active: " in line:
                 break
-        assert "active: input image" in "".join(lines), "".join(lines)
+        assert "]: active: " in "".join(lines), "".join(lines)
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches ros2 run and the node, as in a terminal
         out, _ = proc.communicate(timeout=30)
@@ -81,7 +81,7 @@ def test_ros2_launch_and_the_ros2_cli(workspace, launch_checkpoint, tmp_path):
     env = sourced_env(workspace, base_env(log_dir=tmp_path))
     with Launch(["vltseg_ros", "vltseg.launch.py", f"checkpoint:={launch_checkpoint}", "device:=cpu"], env,
                 tmp_path / "launch.log") as launch:
-        launch.wait_for_output("active: input image")
+        launch.wait_for_output("]: active: ")
         assert "active [3]" in ros2(env, "lifecycle", "get", "/vltseg", until=lambda out: "active" in out)
         ros2(env, "param", "set", "/vltseg", "score_threshold", "0.5", until=lambda out: "successful" in out)
         assert "Double value is: 0.5" in ros2(env, "param", "get", "/vltseg", "score_threshold",

@@ -45,10 +45,10 @@ def _frame(stamp_s: int) -> Image:
 class TestVLTSegNode(unittest.TestCase):
 
     def test_node_reaches_active(self, proc_output):
-        proc_output.assertWaitFor("active: input image", timeout=120)
+        proc_output.assertWaitFor("]: active: ", timeout=120)
 
     def test_an_image_gives_a_label_mask(self, proc_output):
-        proc_output.assertWaitFor("active: input image", timeout=120)
+        proc_output.assertWaitFor("]: active: ", timeout=120)
         rclpy.init()
         node = rclpy.create_node("proof_of_life_probe")
         try:
