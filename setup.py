@@ -57,6 +57,7 @@ setup(
         "numpy>=1.23",
         "scipy>=1.10",
         "opencv-python-headless>=4.6",
+        "pillow>=9",
         "pyyaml>=6",
         "tqdm>=4.60",
     ],

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from ros_harness import fresh_domain
+from ros_harness import fresh_domain, write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -43,18 +43,7 @@ def workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def launch_checkpoint(tmp_path_factory) -> str:
     """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame)."""
-    import torch
-
-    from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
-    from vltseg_ros.config import InferenceConfig, model_preset
-    from vltseg_ros.model import build_model
-
-    torch.manual_seed(0)
-    cfg = model_preset("eva02_tiny", ("seg", "det"))
-    path = str(tmp_path_factory.mktemp("launch_ckpt") / "tiny.safetensors")
-    save_checkpoint(path, build_model(cfg), CheckpointMeta(
-        model=cfg, inference=InferenceConfig(mode="whole", size=[64, 128], fit_size=[64, 128])))
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("launch_ckpt") / "tiny.safetensors"), 64, 128)
 
 
 def base_env(domain: Optional[int] = None, log_dir: Optional[Path] = None) -> dict[str, str]:
@@ -211,12 +200,12 @@ def check_multi_camera_launch(env: dict[str, str], tmp_path: Path, checkpoint: s
             infos = {"front": ros.publisher(CameraInfo, "/sensors/front/camera_info"),
                      "rear": ros.publisher(CameraInfo, "/calib/rear_info")}
             for cam in sizes:
-                ros.wait_matched(images[cam], timeout=60)
-                ros.wait_matched(infos[cam], timeout=60)  # camera_info followed its image, or its own remapping
+                ros.wait_matched(images[cam], timeout=120)
+                ros.wait_matched(infos[cam], timeout=120)  # camera_info followed its image, or its own remapping
                 infos[cam].publish(CameraInfo(height=sizes[cam][0], width=sizes[cam][1]))
                 frame = np.full((*sizes[cam], 3), 90, np.uint8)
                 assert ros.publish_until(images[cam], lambda i, f=frame, c=cam: image_msg(f, "rgb8", 10**9 + i, c),
-                                         lambda c=cam: masks[c] and (c != "front" or boxes), timeout=60), cam
+                                         lambda c=cam: masks[c] and (c != "front" or boxes), timeout=120), cam
                 assert (masks[cam][0].height, masks[cam][0].width) == sizes[cam]
                 assert masks[cam][0].header.frame_id == cam
         finally:

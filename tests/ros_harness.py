@@ -126,3 +126,19 @@ def compressed_msg(image_bgr: np.ndarray, fmt: str, stamp_ns: int, frame_id: str
     data.frombytes(buf.tobytes())
     msg.data = data
     return msg
+
+
+def write_tiny_checkpoint(path: str, height: int, width: int, model: str = "eva02_tiny") -> str:
+    """A seeded, random-init seg+det checkpoint of ``model`` that runs whole images at ``height`` x ``width``
+    (milliseconds per frame on a CPU for the tiny model); returns ``path``."""
+    import torch
+
+    from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
+    from vltseg_ros.config import InferenceConfig, model_preset
+    from vltseg_ros.model import build_model
+
+    torch.manual_seed(0)
+    cfg = model_preset(model, ("seg", "det"))
+    save_checkpoint(path, build_model(cfg), CheckpointMeta(
+        model=cfg, inference=InferenceConfig(mode="whole", size=[height, width], fit_size=[height, width])))
+    return path

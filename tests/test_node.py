@@ -20,10 +20,7 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg
-from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
-from vltseg_ros.config import InferenceConfig, model_preset
-from vltseg_ros.model import build_model
+from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg, write_tiny_checkpoint
 from vltseg_ros.node.node import VLTSegNode
 
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
@@ -32,14 +29,7 @@ os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame)."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = model_preset("eva02_tiny", ("seg", "det"))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-    save_checkpoint(path, build_model(cfg), CheckpointMeta(
-        model=cfg, inference=InferenceConfig(mode="whole", size=[64, 128], fit_size=[64, 128])))
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), 64, 128)
 
 
 @pytest.fixture

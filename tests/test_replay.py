@@ -15,12 +15,9 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection2DArray
 
-from ros_harness import RosHarness
+from ros_harness import RosHarness, write_tiny_checkpoint
 from vltseg_ros.bag import BagError, BagWriter, FrameRecord, read_frames, topics_for
-from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
-from vltseg_ros.config import InferenceConfig, model_preset
 from vltseg_ros.labels import CITYSCAPES_THING_CLASSES
-from vltseg_ros.model import build_model
 from vltseg_ros.node.evaluator import EvaluatorNode
 from vltseg_ros.node.player import BagPlayer, main as player_main
 from vltseg_ros.report import Scorer
@@ -67,14 +64,7 @@ def _write(path: str, frames: list[FrameRecord], storage: str = "mcap") -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     """Tiny seg+det checkpoint running whole 48x64 images."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = model_preset("eva02_tiny", ("seg", "det"))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-    save_checkpoint(path, build_model(cfg), CheckpointMeta(
-        model=cfg, inference=InferenceConfig(mode="whole", size=[HEIGHT, WIDTH], fit_size=[HEIGHT, WIDTH])))
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), HEIGHT, WIDTH)
 
 
 @pytest.fixture(scope="module")

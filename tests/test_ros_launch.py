@@ -1,7 +1,8 @@
 """A ROS 2 user's path with the real tools: colcon builds of ros2_ws (plain and --symlink-install), ``ros2 run``,
 ``ros2 launch`` of vltseg.launch.py (one camera; several cameras under a namespace with remapped inputs and RViz),
-the ros2 CLI against the launched node, replay.launch.py end to end, and a launch_testing test. The ros2 CLI,
-launch and launch_testing come from the launch/CLI kit (see ros_cli.py); colcon is in the lock."""
+the ros2 CLI against the launched node, replay.launch.py end to end, a launch_testing test, and both launch files
+once more under Humble's launch and launch_ros. The ros2 CLI, launch and launch_testing come from the launch/CLI kit
+(see ros_cli.py); colcon is in the lock."""
 from __future__ import annotations
 
 import os
@@ -13,12 +14,12 @@ import pytest
 from sensor_msgs.msg import Image
 
 from ros_cli import (
-    ROOT, VENV_BIN, Launch, base_env, check_multi_camera_launch, check_replay_launch, colcon_build, launch_checkpoint,
-    ros2, run, sourced_env, workspace,
+    HUMBLE_BIN, ROOT, VENV_BIN, Launch, base_env, check_multi_camera_launch, check_replay_launch, colcon_build,
+    launch_checkpoint, require_kit, ros2, run, sourced_env, workspace,
 )
 from ros_harness import RosHarness, image_msg
 
-__all__ = ["launch_checkpoint", "workspace"]  # session fixtures, shared with test_ros_humble.py
+__all__ = ["launch_checkpoint", "workspace"]  # session fixtures of ros_cli
 
 
 def test_colcon_finds_both_packages_of_the_workspace():
@@ -76,35 +77,26 @@ def test_plain_build_runs_with_ros2_run(workspace, launch_checkpoint, tmp_path):
 
 
 def test_ros2_launch_and_the_ros2_cli(workspace, launch_checkpoint, tmp_path):
-    """vltseg.launch.py with a tiny checkpoint: the lifecycle state, live and rejected parameter changes, and the
-    outputs of a published frame, all through the ros2 CLI."""
+    """vltseg.launch.py with a tiny checkpoint: a published frame's outputs seen by ``ros2 topic echo``, the
+    lifecycle state, and live and rejected parameter changes, all through the ros2 CLI."""
     env = sourced_env(workspace, base_env(log_dir=tmp_path))
-    with Launch(["vltseg_ros", "vltseg.launch.py", f"checkpoint:={launch_checkpoint}", "device:=cpu"], env,
-                tmp_path / "launch.log") as launch:
+    with Launch(["vltseg_ros", "vltseg.launch.py", f"checkpoint:={launch_checkpoint}", "device:=cpu",
+                 "score_threshold:=0.0"], env, tmp_path / "launch.log") as launch:
         launch.wait_for_output("]: active: ")
-        assert "active [3]" in ros2(env, "lifecycle", "get", "/vltseg", until=lambda out: "active" in out)
-        ros2(env, "param", "set", "/vltseg", "score_threshold", "0.5", until=lambda out: "successful" in out)
-        assert "Double value is: 0.5" in ros2(env, "param", "get", "/vltseg", "score_threshold",
-                                                until=lambda out: "value is" in out)
-        rejected = ros2(env, "param", "set", "/vltseg", "score_threshold", "1.5", until=lambda out: "failed" in out)
-        assert "Setting parameter failed" in rejected and "score_threshold" in rejected and "1.5" in rejected
-        read_only = ros2(env, "param", "set", "/vltseg", "precision", "fp16", until=lambda out: "failed" in out)
-        assert "read-only" in read_only or "read_only" in read_only, read_only
-        ros2(env, "param", "set", "/vltseg", "score_threshold", "0.0", until=lambda out: "successful" in out)
-
         ros = RosHarness(domain_id=int(env["ROS_DOMAIN_ID"]))
         echoes = {}
         for name, topic, msg_type, extra in (
                 ("mask", "/vltseg/label_mask", "sensor_msgs/msg/Image", ["--field", "header"]),
                 ("detections", "/vltseg/detections", "vision_msgs/msg/Detection2DArray", [])):
             with open(tmp_path / f"{name}.txt", "w") as out:  # a file: a pipe could fill up and block the echo
-                echoes[name] = subprocess.Popen([str(VENV_BIN / "ros2"), "topic", "echo", "--once", topic,
-                                                 msg_type, *extra], env=env, stdout=out, stderr=subprocess.STDOUT)
+                echoes[name] = subprocess.Popen([str(VENV_BIN / "ros2"), "topic", "echo", "--no-daemon", "--once",
+                                                 topic, msg_type, *extra], env=env, stdout=out,
+                                                stderr=subprocess.STDOUT)
         try:
             pub = ros.publisher(Image, "/image")
             frame = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
             ros.publish_until(pub, lambda i: image_msg(frame, "rgb8", 1_700_000_000 * 10**9 + i, "cam_a"),
-                              lambda: all(p.poll() is not None for p in echoes.values()), timeout=90)
+                              lambda: all(p.poll() is not None for p in echoes.values()), timeout=180)
         finally:
             ros.close()
             for proc in echoes.values():
@@ -115,6 +107,13 @@ def test_ros2_launch_and_the_ros2_cli(workspace, launch_checkpoint, tmp_path):
         assert all(proc.returncode == 0 for proc in echoes.values()), f"{out['mask']}\n{launch.output()}"
         assert "frame_id: cam_a" in out["mask"] and "sec: 1700000000" in out["mask"], out["mask"]
         assert "frame_id: cam_a" in out["detections"] and "class_id:" in out["detections"], out["detections"]
+
+        assert "active [3]" in ros2(env, "lifecycle", "get", "/vltseg", until=lambda out: "active" in out)
+        ros2(env, "param", "set", "/vltseg", "score_threshold", "0.5", until=lambda out: "successful" in out)
+        assert "Double value is: 0.5" in ros2(env, "param", "get", "/vltseg", "score_threshold",
+                                                until=lambda out: "value is" in out)
+        rejected = ros2(env, "param", "set", "/vltseg", "score_threshold", "1.5", until=lambda out: "failed" in out)
+        assert "Setting parameter failed" in rejected and "score_threshold" in rejected and "1.5" in rejected
 
 
 def test_ros2_launch_several_cameras_in_a_namespace(workspace, launch_checkpoint, tmp_path):
@@ -136,3 +135,26 @@ def test_launch_file_runs_under_launch_testing(workspace, launch_checkpoint, tmp
     assert proc.returncode == 0, out
     assert "test_an_image_gives_a_label_mask" in out and "Ran 2 tests" in out and "OK" in out, out
     assert "Ran 1 test" in out  # the post-shutdown exit-code check
+
+
+# --------------------------------------------------------------------------------------------- Humble's launch
+@pytest.fixture
+def humble_env(workspace, tmp_path):
+    """The sourced ros2_ws install, for Humble's ``ros2`` (launch 1.0.x, launch_ros 0.19.x from the kit's
+    ``--distro humble``, in .venv/humble-launch). The nodes it starts still run with the venv's Python, through
+    their ``#!/usr/bin/env python3`` line, as on a Humble machine with a venv."""
+    require_kit(HUMBLE_BIN)
+    env = sourced_env(workspace, base_env(log_dir=tmp_path))
+    probe = run([str(HUMBLE_BIN / "python"), "-c", "import importlib.metadata as m; "
+                                                   "print(m.version('launch'), m.version('launch_ros'))"], env)
+    launch, launch_ros = probe.stdout.split()
+    assert launch.startswith("1.0.") and launch_ros.startswith("0.19."), probe.stdout + probe.stderr
+    return env
+
+
+def test_vltseg_launch_under_humble(humble_env, launch_checkpoint, tmp_path):
+    check_multi_camera_launch(humble_env, tmp_path, launch_checkpoint, bin_dir=HUMBLE_BIN)
+
+
+def test_replay_launch_under_humble(humble_env, launch_checkpoint, tmp_path):
+    check_replay_launch(humble_env, tmp_path, launch_checkpoint, bin_dir=HUMBLE_BIN)

@@ -174,7 +174,7 @@ def rviz_config(template: dict, views: list[CameraView], fixed_frame: str) -> di
 
 
 def write_rviz_config(template_path: str, views: list[CameraView], fixed_frame: str) -> str:
-    """Write the RViz config for ``views`` next to nothing else (a fresh temporary directory); return its path."""
+    """Write the RViz config for ``views`` into a fresh temporary directory; return its path."""
     with open(template_path, encoding="utf-8") as f:
         config = rviz_config(yaml.safe_load(f), views, fixed_frame)
     path = os.path.join(tempfile.mkdtemp(prefix="vltseg_rviz_"), "vltseg.rviz")
