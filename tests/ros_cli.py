@@ -78,8 +78,8 @@ def sourced_env(install: Path, env: dict[str, str]) -> dict[str, str]:
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run a command; one that hangs (the kit's README: a ``ros2`` call over LARGE_DATA sometimes hangs on exit
-    after answering) is killed and returns what it printed."""
+    """Run a command; one that hangs (the kit's README: a ``ros2`` call sometimes hangs on exit after answering)
+    is killed and returns what it printed."""
     try:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -156,9 +156,9 @@ class Launch:
 def echo_once(env: dict[str, str], topics: dict[str, tuple[str, ...]], publish: Callable[[], None], out_dir: Path,
               attempts: int = 3, timeout: float = 30) -> dict[str, str]:
     """``ros2 topic echo --once TOPIC TYPE [OPTIONS]`` for each ``name -> (topic, type, *options)`` while
-    ``publish()`` sends input; what each printed. Over LARGE_DATA, participants that start at the same moment
-    sometimes never discover one another, so the echoes start one after another, and one without its message
-    after ``timeout`` s is started again."""
+    ``publish()`` sends input; what each printed. Now and then two participants never discover one another (with
+    LARGE_DATA often: README, section 5), so an echo without its message after ``timeout`` s is started again, as a
+    fresh participant."""
     outputs = {name: out_dir / f"{name}.txt" for name in topics}
     pending = dict(topics)
     for _ in range(attempts):
@@ -168,7 +168,6 @@ def echo_once(env: dict[str, str], topics: dict[str, tuple[str, ...]], publish: 
                 procs[name] = subprocess.Popen([str(VENV_BIN / "ros2"), "topic", "echo", "--no-daemon", "--once",
                                                 topic, msg_type, *options], env=env, stdout=out,
                                                stderr=subprocess.STDOUT)
-            time.sleep(3.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(p.poll() is None for p in procs.values()):
             publish()

@@ -22,8 +22,6 @@ from vltseg_ros.node.evaluator import EvaluatorNode
 from vltseg_ros.node.player import BagPlayer, main as player_main
 from vltseg_ros.report import Scorer
 
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
-
 TOPICS = topics_for("/camera")
 FRAMES, HEIGHT, WIDTH = 6, 48, 64
 STAMP0 = 1_700_000_000_000_000_000

@@ -568,7 +568,10 @@ def main(args: Optional[list[str]] = None) -> int:
         pass
     finally:
         if rclpy.ok():
-            node.trigger_shutdown()
+            try:
+                node.trigger_shutdown()
+            except RuntimeError:  # Ctrl-C in the middle of a transition (a long warm-up): no shutdown transition
+                node.on_shutdown(None)
         node.destroy_node()
         rclpy.try_shutdown()
     return code
