@@ -4,16 +4,39 @@ The dependency ranges are deliberately loose: users on vehicles bring their own 
 This repository's development environment pins exact versions in requirements/lock.txt.
 """
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.develop import develop
 
 PACKAGE = "vltseg_ros"
+# colcon --symlink-install runs this file from build/<package>/, where only symlinks to the package's own files
+# exist: find the README next to the real setup.py, not in the current directory.
+README = Path(__file__).resolve().parent / "README.md"
+
+
+
+class EnvShebangDevelop(develop):
+    """``setup.py develop`` (what ``colcon build --symlink-install`` runs) writes console scripts for the interpreter
+    that ran it and ignores ``[build_scripts] executable``; apt's colcon would name /usr/bin/python3, which cannot
+    see a venv's torch. Write the same ``#!/usr/bin/env python3`` scripts that the plain install gets."""
+
+    def install_wrapper_scripts(self, dist):
+        from setuptools.command.develop import VersionlessRequirement
+        from setuptools.command.easy_install import ScriptWriter
+
+        if self.exclude_scripts:
+            return
+        header = ScriptWriter.get_header(executable=self.get_finalized_command("build_scripts").executable)
+        for args in ScriptWriter.best().get_args(VersionlessRequirement(dist), header):
+            self.write_script(*args)
+
 
 setup(
     name=PACKAGE,
     version="0.1.0",
     description="VLTSeg/VLTDet domain-robust segmentation and detection, with a ROS 2 node",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=README.read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
@@ -34,8 +57,13 @@ setup(
         "numpy>=1.23",
         "scipy>=1.10",
         "opencv-python-headless>=4.6",
+        "pillow>=9",
         "pyyaml>=6",
         "tqdm>=4.60",
+        "rosbags>=0.10",
+        "rosbags-image>=0.10",
+        "mcap>=1.1",
+        "apsw>=3.40",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],
@@ -43,11 +71,13 @@ setup(
         "export": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
     zip_safe=True,
+    cmdclass={"develop": EnvShebangDevelop},
     entry_points={
         "console_scripts": [
             "vltseg = vltseg_ros.cli:main",
             "vltseg_node = vltseg_ros.node.node:main",
             "vltseg_eval_node = vltseg_ros.node.evaluator:main",
+            "vltseg_bag_play = vltseg_ros.node.player:main",
         ],
         "vltseg.commands": [
             "synth = training.synth",

@@ -31,19 +31,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 
-def _write_checkpoint(path: str, model: str, height: int, width: int) -> None:
-    import torch
-
-    from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
-    from vltseg_ros.config import InferenceConfig, model_preset
-    from vltseg_ros.model import build_model
-
-    torch.manual_seed(0)
-    cfg = model_preset(model, ("seg", "det"))
-    save_checkpoint(path, build_model(cfg), CheckpointMeta(
-        model=cfg, inference=InferenceConfig(mode="whole", size=[height, width], fit_size=[height, width])))
-
-
 def bench_predictor(path: str, frames: list[np.ndarray], precision: str, seconds: float) -> list[float]:
     """Seconds per frame of ``Predictor.predict`` on single frames, back to back."""
     from vltseg_ros.predictor import Predictor
@@ -136,9 +123,11 @@ def main() -> int:
     height, width = (int(v) for v in args.size.split("x"))
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(4)]
+    from ros_harness import write_tiny_checkpoint
+
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.safetensors")
-        _write_checkpoint(path, args.model, height, width)
+        write_tiny_checkpoint(path, height, width, args.model)
         precision = resolve_precision(args.precision, "cpu")  # the node takes a resolved precision
         bare = bench_predictor(path, frames, precision, args.seconds)
         bare_fps = 1.0 / statistics.median(bare)

@@ -1,86 +1,103 @@
-"""Launch vltseg_node (and optionally RViz) on a real ROS 2 install.
+"""Launch vltseg_node (and optionally RViz).
 
     ros2 launch vltseg_ros vltseg.launch.py checkpoint:=/data/vltseg_l.safetensors image_topic:=/camera/image_raw
-    ros2 launch vltseg_ros vltseg.launch.py checkpoint:=... cameras:="[cam_front, cam_rear]" use_rviz:=true
+    ros2 launch vltseg_ros vltseg.launch.py checkpoint:=... cameras:="[front, rear]" namespace:=/robot \\
+        image_topics:="[/front/image_raw, /rear/image_raw]" use_camera_info:=true use_rviz:=true
+    ros2 launch vltseg_ros vltseg.launch.py --show-args     # every argument
 
-Launch arguments override the parameters file only when they are given (non-empty).
+Every node parameter is also a launch argument of the same name (``score_threshold:=0.5``,
+``publish.overlay:=false``); given ones override ``params_file``. Inputs are remapped per camera (camera_info follows
+its image topic unless given), any other topic through ``remappings``. With ``use_rviz:=true`` RViz gets a config
+generated for the topics of this launch (namespace, cameras, remappings).
 """
 import os
 
+from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-from ament_index_python.packages import get_package_share_directory
+
+from vltseg_ros.node import launch_support as support
 
 SHARE = get_package_share_directory("vltseg_ros")
+DEFAULT_PARAMS = os.path.join(SHARE, "config", "vltseg.yaml")
+PARAMETERS = support.parameter_defaults(DEFAULT_PARAMS)  # every node parameter -> its default
 
-# name -> (default, description)
+# name -> (default, description); the node parameters come on top, one argument each
 ARGUMENTS = {
-    "checkpoint": ("", "path of the .safetensors checkpoint"),
-    "params_file": (os.path.join(SHARE, "config", "vltseg.yaml"), "node parameter YAML"),
+    "params_file": (DEFAULT_PARAMS, "node parameter YAML; parameter arguments given here override it"),
     "namespace": ("", "namespace of the node and its topics"),
     "node_name": ("vltseg", "node name (outputs are ~/label_mask etc. under it)"),
-    "image_topic": ("image", "single camera: remap the node's 'image' input to this topic"),
-    "cameras": ("", "several cameras: YAML list of camera namespaces, e.g. [cam_front, cam_rear]"),
-    "input_transport": ("", "raw or compressed"),
-    "device": ("", "auto, cpu, cuda or cuda:N"),
-    "precision": ("", "fp32, bf16 or fp16"),
+    "image_topic": ("", "one camera: the image topic to subscribe ('' = image in the namespace)"),
+    "camera_info_topic": ("", "one camera: its CameraInfo topic ('' = camera_info next to image_topic)"),
+    "image_topics": ("", "several cameras: YAML list, one image topic per entry of cameras ('' = <camera>/image)"),
+    "camera_info_topics": ("", "several cameras: YAML list of CameraInfo topics ('' = next to each image topic)"),
+    "remappings": ("", "YAML mapping of any other node topic to a topic, e.g. \"{'~/detections': /perception/boxes}\""),
     "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
-    "use_rviz": ("false", "start RViz with rviz/vltseg.rviz"),
-    "rviz_config": (os.path.join(SHARE, "rviz", "vltseg.rviz"), "RViz config file"),
-    "fastdds_builtin_transports": ("LARGE_DATA", "Fast DDS transports for the node; LARGE_DATA is needed for "
-                                                 "best-effort images of 1 MB and more"),
-}
-
-# launch argument -> node parameter it overrides when non-empty
-PARAMETER_ARGUMENTS = {
-    "checkpoint": "checkpoint",
-    "cameras": "cameras",
-    "input_transport": "input_transport",
-    "device": "device",
-    "precision": "precision",
+    "use_rviz": ("false", "start RViz with a config for this launch's topics"),
+    "rviz_config": ("", "RViz config file ('' = generated from rviz/vltseg.rviz for this launch's topics)"),
+    "rviz_fixed_frame": ("camera_optical", "RViz fixed frame: the images' frame_id, which the markers use"),
+    "fastdds_builtin_transports": ("", "Fast DDS builtin transports for the processes of this launch, e.g. "
+                                       "LARGE_DATA; only where the installed Fast DDS supports it. '' = the "
+                                       "environment's. Every process that should see the node needs the same"),
 }
 
 
-def _node(context):
+def _launch(context):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
-    overrides = {"use_sim_time": arg("use_sim_time").lower() in ("true", "1", "yes")}
-    for name, param in PARAMETER_ARGUMENTS.items():
-        value = arg(name)
-        if value:
-            overrides[param] = _yaml_value(value) if param == "cameras" else value
-    return [Node(
+    node_name, namespace = arg("node_name"), arg("namespace")
+    overrides = support.parameter_overrides({name: arg(name) for name in PARAMETERS}, PARAMETERS)
+    # What the node will run with: the defaults, the params file, then the arguments given here.
+    effective = {**PARAMETERS, **support.node_parameters(arg("params_file"), node_name, namespace), **overrides}
+    cameras = effective["cameras"]
+    image_topics = support.yaml_list("image_topics", arg("image_topics")) or [arg("image_topic")] * len(cameras)
+    info_topics = (support.yaml_list("camera_info_topics", arg("camera_info_topics"))
+                   or [arg("camera_info_topic")] * len(cameras))
+    if len(cameras) > 1 and (arg("image_topic") or arg("camera_info_topic")):
+        raise ValueError(f"cameras {cameras}: give image_topics/camera_info_topics lists, not image_topic")
+    remappings = (list(support.yaml_mapping("remappings", arg("remappings")).items())
+                  + support.input_remappings(cameras, image_topics, info_topics))
+
+    actions = []
+    apply, message = support.builtin_transports_plan(
+        arg("fastdds_builtin_transports"), os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp"),
+        support.fastdds_version(support.ament_prefixes()))
+    if message:
+        actions.append(LogInfo(msg=message))
+    if apply:
+        actions.append(SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", arg("fastdds_builtin_transports")))
+    use_sim_time = arg("use_sim_time").lower() in ("true", "1", "yes")
+    actions.append(Node(
         package="vltseg_ros",
         executable="vltseg_node",
-        name=arg("node_name"),
-        namespace=arg("namespace"),
-        parameters=[arg("params_file"), overrides],
-        remappings=[("image", arg("image_topic")), ("image/compressed", arg("image_topic") + "/compressed")],
+        name=node_name,
+        namespace=namespace,
+        parameters=[arg("params_file"), dict(overrides, use_sim_time=use_sim_time)],
+        remappings=remappings,
         output="screen",
         emulate_tty=True,
-    )]
-
-
-def _yaml_value(text):
-    import yaml
-
-    value = yaml.safe_load(text)
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    ))
+    if arg("use_rviz").lower() in ("true", "1", "yes"):
+        config = arg("rviz_config") or support.write_rviz_config(
+            os.path.join(SHARE, "rviz", "vltseg.rviz"),
+            support.camera_views(cameras, namespace, node_name, remappings,
+                                 effective["input_transport"] == "compressed"),
+            arg("rviz_fixed_frame"))
+        actions += [LogInfo(msg=f"RViz config: {config}"),
+                    Node(package="rviz2", executable="rviz2", arguments=["-d", config],
+                         parameters=[{"use_sim_time": use_sim_time}], output="screen")]
+    return actions
 
 
 def generate_launch_description():
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=text)
          for name, (default, text) in ARGUMENTS.items()]
-        + [
-            SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", LaunchConfiguration("fastdds_builtin_transports")),
-            OpaqueFunction(function=_node),
-            Node(package="rviz2", executable="rviz2", arguments=["-d", LaunchConfiguration("rviz_config")],
-                 condition=IfCondition(LaunchConfiguration("use_rviz")),
-                 parameters=[{"use_sim_time": LaunchConfiguration("use_sim_time")}]),
-        ]
+        + [DeclareLaunchArgument(name, default_value="", description=f"node parameter (default {default!r}; "
+                                                                      f"'' = the params file's value)")
+           for name, default in PARAMETERS.items()]
+        + [OpaqueFunction(function=_launch)]
     )

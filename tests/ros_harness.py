@@ -72,6 +72,18 @@ class RosHarness:
             time.sleep(poll)
         return bool(condition())
 
+    def publish_until(self, pub, make_msg: Callable[[int], Any], done: Callable[[], Any],
+                      timeout: float = 20.0) -> bool:
+        """Publish ``make_msg(0)``, ``make_msg(1)``, ... until ``done()`` (best-effort input may drop early ones,
+        and a lazy node subscribes only once it sees a subscriber to its outputs)."""
+        deadline = time.monotonic() + timeout
+        i = 0
+        while time.monotonic() < deadline and not done():
+            pub.publish(make_msg(i))
+            i += 1
+            self.wait_for(done, timeout=0.3)
+        return bool(done())
+
     def wait_matched(self, pub, count: int = 1, timeout: float = 10.0) -> None:
         """Block until ``pub`` has ``count`` subscribers (DDS discovery), else fail."""
         assert self.wait_for(lambda: pub.get_subscription_count() >= count, timeout), "no subscriber discovered"
@@ -114,3 +126,19 @@ def compressed_msg(image_bgr: np.ndarray, fmt: str, stamp_ns: int, frame_id: str
     data.frombytes(buf.tobytes())
     msg.data = data
     return msg
+
+
+def write_tiny_checkpoint(path: str, height: int, width: int, model: str = "eva02_tiny") -> str:
+    """A seeded, random-init seg+det checkpoint of ``model`` that runs whole images at ``height`` x ``width``
+    (milliseconds per frame on a CPU for the tiny model); returns ``path``."""
+    import torch
+
+    from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
+    from vltseg_ros.config import InferenceConfig, model_preset
+    from vltseg_ros.model import build_model
+
+    torch.manual_seed(0)
+    cfg = model_preset(model, ("seg", "det"))
+    save_checkpoint(path, build_model(cfg), CheckpointMeta(
+        model=cfg, inference=InferenceConfig(mode="whole", size=[height, width], fit_size=[height, width])))
+    return path

@@ -1,41 +1,34 @@
 """The ROS 2 node over real Fast DDS: inputs, outputs, headers, lifecycle, batching, parameters, bad input."""
 from __future__ import annotations
 
+import array
 import os
+import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
+import cv2
 import numpy as np
 import pytest
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from lifecycle_msgs.msg import State
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg
-from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
-from vltseg_ros.config import InferenceConfig, model_preset
-from vltseg_ros.model import build_model
+from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg, write_tiny_checkpoint
 from vltseg_ros.node.node import VLTSegNode
-
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame)."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = model_preset("eva02_tiny", ("seg", "det"))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-    save_checkpoint(path, build_model(cfg), CheckpointMeta(
-        model=cfg, inference=InferenceConfig(mode="whole", size=[64, 128], fit_size=[64, 128])))
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), 64, 128)
 
 
 @pytest.fixture
@@ -66,20 +59,12 @@ def stop_node(node: VLTSegNode) -> None:
 def _frame(h=60, w=100, seed=0):
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
-    import cv2
-
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def _publish_until(ros, pub, make_msg, bucket, count=1, timeout=20.0):
-    """Publish fresh frames until ``bucket`` holds ``count`` messages (best-effort input may drop early ones)."""
-    deadline = time.monotonic() + timeout
-    i = 0
-    while time.monotonic() < deadline and len(bucket) < count:
-        pub.publish(make_msg(i))
-        i += 1
-        ros.wait_for(lambda: len(bucket) >= count, timeout=0.3)
-    return len(bucket) >= count
+def _publish_until(ros, pub, make_msg, bucket, count=1, timeout=20.0) -> bool:
+    """Publish fresh frames until ``bucket`` holds ``count`` messages."""
+    return ros.publish_until(pub, make_msg, lambda: len(bucket) >= count, timeout)
 
 
 @pytest.mark.parametrize("qos", [BEST_EFFORT, RELIABLE], ids=["best_effort_publisher", "reliable_publisher"])
@@ -189,7 +174,9 @@ def test_compressed_input(ros, checkpoint, fmt, decoder):
 def test_lifecycle_transitions(ros, checkpoint):
     node = start_node(ros, checkpoint, activate=False)
     try:
+        masks = ros.record(Image, "/vltseg/label_mask")
         pub = ros.publisher(Image, "/image")
+        assert ros.wait_for(lambda: node.cameras[0].publishers["label_mask"].get_subscription_count() == 1)
         time.sleep(0.5)
         assert node._state_machine.current_state[1] == "inactive"
         assert pub.get_subscription_count() == 0  # configured, not subscribed
@@ -198,7 +185,6 @@ def test_lifecycle_transitions(ros, checkpoint):
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         assert ros.wait_for(lambda: pub.get_subscription_count() == 0)
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS  # reactivation works
-        masks = ros.record(Image, "/vltseg/label_mask")
         ros.wait_matched(pub)
         assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
@@ -280,12 +266,12 @@ def test_class_filter_applies_to_masks_and_detections(ros, checkpoint):
         stop_node(node)
 
 
-BAD_FRAMES = {
-    "unsupported_encoding": lambda: _with(image_msg(_frame(), "rgb8", 1), encoding="16UC1"),
-    "short_data": lambda: _with(image_msg(_frame(), "rgb8", 1), height=200),
-    "zero_width": lambda: _with(image_msg(_frame(), "rgb8", 1), width=0),
-    "absurd_size": lambda: _with(image_msg(_frame(), "rgb8", 1), width=100000, height=100000, step=300000),
-    "small_step": lambda: _with(image_msg(_frame(), "rgb8", 1), step=10),
+BAD_FRAMES = {  # case -> (message, counted reason)
+    "unsupported_encoding": (lambda: _with(image_msg(_frame(), "rgb8", 1), encoding="16UC1"), "encoding"),
+    "short_data": (lambda: _with(image_msg(_frame(), "rgb8", 1), height=200), "data"),
+    "zero_width": (lambda: _with(image_msg(_frame(), "rgb8", 1), width=0), "size"),
+    "absurd_size": (lambda: _with(image_msg(_frame(), "rgb8", 1), width=100000, height=100000, step=300000), "size"),
+    "small_step": (lambda: _with(image_msg(_frame(), "rgb8", 1), step=10), "data"),
 }
 
 
@@ -297,16 +283,17 @@ def _with(msg, **fields):
 
 @pytest.mark.parametrize("case", sorted(BAD_FRAMES))
 def test_bad_raw_frames_are_rejected_and_counted(ros, checkpoint, case):
+    make_bad, reason = BAD_FRAMES[case]
     node = start_node(ros, checkpoint)
     try:
         masks = ros.record(Image, "/vltseg/label_mask")
         pub = ros.publisher(Image, "/image")
         ros.wait_matched(pub)
-        pub.publish(BAD_FRAMES[case]())
+        pub.publish(make_bad())
         assert ros.wait_for(lambda: node.counters.snapshot().get("rejected", 0) == 1)
         assert not masks
         assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
-        assert node.counters.snapshot()["rejected.image"] == 1
+        assert node.counters.snapshot()[f"rejected.{reason}"] == 1
     finally:
         stop_node(node)
 
@@ -322,8 +309,64 @@ def test_corrupt_compressed_frames_are_rejected(ros, checkpoint, payload, decode
         bad = CompressedImage(format="jpeg")
         bad.data = list(payload)
         pub.publish(bad)
-        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected.compressed", 0) == 1)
+        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected.decode", 0) == 1)
         assert _publish_until(ros, pub, lambda i: compressed_msg(_frame()[..., ::-1], "jpeg", 10**9 + i), masks)
+    finally:
+        stop_node(node)
+
+
+def _png_bomb(width: int, height: int) -> bytes:
+    """A valid grey PNG of zeros: ~1 KiB per megapixel compressed, ``width*height`` bytes once decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    deflate = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte + pixels
+    body = b"".join(deflate.compress(row * 1000) for _ in range(height // 1000)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG whose SOF marker is rewritten to declare ``width`` x ``height``."""
+    ok, buf = cv2.imencode(".jpg", _frame(16, 16))
+    data = bytearray(buf.tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def png_bomb():
+    """The issue's bomb: an ~850 KiB PNG declaring 30000x30000 pixels (2.7 GB as a decoded colour image)."""
+    return _png_bomb(30000, 30000)
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+@pytest.mark.parametrize("kind, decoder", [("png", "opencv"), ("jpeg", "opencv"), ("jpeg", "torchvision")])
+def test_decompression_bomb_is_rejected_by_its_declared_size(ros, checkpoint, png_bomb, kind, decoder):
+    """The declared size is read from the header: the bomb is never decoded, its reason is counted, the next frame
+    works."""
+    # reliable input: an 854 KiB best-effort message is not delivered over Fast DDS's default transports
+    node = start_node(ros, checkpoint, input_transport="compressed", jpeg_decoder=decoder,
+                      input_qos__reliability="reliable")
+    try:
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(CompressedImage, "/image/compressed")
+        ros.wait_matched(pub)
+        bomb = CompressedImage(format=kind)
+        bomb.data = array.array("B", png_bomb if kind == "png" else _jpeg_declaring(30000, 30000))
+        peak_before = _peak_rss_mb()
+        pub.publish(bomb)
+        assert ros.wait_for(lambda: node.counters.snapshot().get("rejected.size", 0) == 1)
+        assert _peak_rss_mb() - peak_before < 500, "the bomb was decoded"
+        assert not masks
+        assert _publish_until(ros, pub, lambda i: compressed_msg(_frame()[..., ::-1], "jpeg", 10**9 + i), masks)
+        assert node.counters.snapshot()["rejected"] == 1
     finally:
         stop_node(node)
 
@@ -366,6 +409,20 @@ def test_stale_frames_are_dropped_by_age(ros, checkpoint):
         stop_node(node)
 
 
+def _statuses(diags, name_part: str) -> list:
+    """Every received DiagnosticStatus whose name contains ``name_part``, oldest first."""
+    return [status for array_ in list(diags) for status in array_.status if name_part in status.name]
+
+
+def _node_statuses(diags) -> list:
+    """The node's own statuses (not the per-camera input ones), oldest first."""
+    return [status for status in _statuses(diags, "vltseg: ") if ": input " not in status.name]
+
+
+def _values(status) -> dict[str, str]:
+    return {kv.key: kv.value for kv in status.values}
+
+
 def test_diagnostics_report_rates_latency_and_counters(ros, checkpoint):
     node = start_node(ros, checkpoint, diagnostics_period_s=0.2)
     try:
@@ -378,22 +435,221 @@ def test_diagnostics_report_rates_latency_and_counters(ros, checkpoint):
         pub.publish(_with(image_msg(_frame(), "rgb8", 1), encoding="yuv422"))
 
         def latest():
-            for array_ in reversed(diags):
-                for status in array_.status:
-                    values = {kv.key: kv.value for kv in status.values}
-                    if int(values.get("rejected", 0)) >= 1 and int(values.get("published", 0)) >= 3:
-                        return status, values
+            for status in reversed(_node_statuses(diags)):
+                values = _values(status)
+                if int(values.get("rejected", 0)) >= 1 and int(values.get("published", 0)) >= 3:
+                    return status, values
             return None
 
         assert ros.wait_for(latest)
         status, values = latest()
-        assert status.level == status.WARN and values["model"] == "eva02_tiny"
+        assert status.level == status.WARN and "rejected" in status.message and values["model"] == "eva02_tiny"
         for key in ("input_rate_hz", "output_rate_hz", "latency_p50_ms", "latency_p95_ms", "dropped",
-                    "gpu_memory_mb", "rejected.image"):
+                    "gpu_memory_mb", "rejected.encoding", "published.label_mask"):
             assert key in values
+        assert "published.overlay" not in values  # nobody subscribed to it: never computed
         assert 0.0 <= float(values["latency_p50_ms"]) < 60_000
+        (camera,) = {s.name for s in _statuses(diags, ": input ")}
+        assert camera == "vltseg: input image"
     finally:
         stop_node(node)
+
+
+def test_diagnostics_level_follows_the_recent_window(ros, checkpoint):
+    """One rejected frame and one inference error raise the level for one window, then it returns to OK."""
+    node = start_node(ros, checkpoint, diagnostics_period_s=0.1, diagnostics_window_s=1.0)
+    try:
+        diags = ros.record(DiagnosticArray, "/diagnostics")
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        pub.publish(_with(image_msg(_frame(), "rgb8", 1), encoding="yuv422"))
+        assert ros.wait_for(lambda: any(s.level == s.WARN for s in _node_statuses(diags)))
+        assert ros.wait_for(lambda: _node_statuses(diags)[-1].level == DiagnosticStatus.OK)
+
+        predict = node.predictor.predict
+        failures = []
+
+        def fail_once(*args, **kwargs):
+            if not failures:
+                failures.append(1)
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return predict(*args, **kwargs)
+
+        node.predictor.predict = fail_once
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks)
+        assert ros.wait_for(lambda: [s for s in _node_statuses(diags) if s.level == s.ERROR])
+        errors = [s for s in _node_statuses(diags) if s.level == DiagnosticStatus.ERROR]
+        assert "CUDA out of memory (simulated)" in errors[0].message
+        assert ros.wait_for(lambda: _node_statuses(diags)[-1].level == DiagnosticStatus.OK)
+        assert node.counters.snapshot()["inference_errors"] == 1  # the total stays in the values
+    finally:
+        stop_node(node)
+
+
+def test_diagnostics_report_a_stale_camera_and_its_rate(ros, checkpoint):
+    """Per camera: frames slower than expected_rate_hz warn; a camera that stopped publishing is stale."""
+    node = start_node(ros, checkpoint, diagnostics_period_s=0.1, diagnostics_window_s=2.0, stale_input_s=1.0,
+                      expected_rate_hz=50.0)
+    try:
+        diags = ros.record(DiagnosticArray, "/diagnostics")
+        masks = ros.record(Image, "/vltseg/label_mask")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), masks, 4)
+        assert ros.wait_for(lambda: "Frequency too low." in _statuses(diags, ": input image")[-1].message)
+        status = _statuses(diags, ": input image")[-1]
+        assert status.level == DiagnosticStatus.WARN
+        assert _values(status)["topic"] == "/image" and float(_values(status)["Actual frequency (Hz)"]) < 45
+        assert ros.wait_for(lambda: "stale: no frame on /image" in _statuses(diags, ": input image")[-1].message)
+        assert ros.wait_for(lambda: _statuses(diags, ": input image")[-1].message.startswith("No events recorded."))
+        assert _statuses(diags, ": input image")[-1].level == DiagnosticStatus.ERROR
+    finally:
+        stop_node(node)
+
+
+def test_no_inference_while_no_output_has_a_subscriber(ros, checkpoint):
+    """image_pipeline's laziness: the input is subscribed only while an enabled output has a subscriber, and only
+    the subscribed outputs are computed."""
+    node = start_node(ros, checkpoint)
+    calls = []
+    predict = node.predictor.predict
+    node.predictor.predict = lambda images, **kw: (calls.append(kw), predict(images, **kw))[1]
+    try:
+        pub = ros.publisher(Image, "/image")
+        time.sleep(1.0)
+        for i in range(5):
+            pub.publish(image_msg(_frame(), "rgb8", 10**9 + i))
+            time.sleep(0.1)
+        assert pub.get_subscription_count() == 0 and not calls
+        masks = ros.record(Image, "/vltseg/label_mask")
+        ros.wait_matched(pub)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 2 * 10**9 + i), masks)
+        published = node.counters.snapshot()
+        assert published["published.label_mask"] >= 1
+        assert not {"published.overlay", "published.colored_mask", "published.detections"} & set(published)
+        assert calls and not any(kw["return_confidence"] for kw in calls)
+        for sub in list(ros.probe.subscriptions):
+            ros.probe.destroy_subscription(sub)
+        assert ros.wait_for(lambda: pub.get_subscription_count() == 0)  # the last subscriber left: unsubscribed
+    finally:
+        stop_node(node)
+
+
+def test_always_on_infers_without_subscribers(ros, checkpoint):
+    node = start_node(ros, checkpoint, always_on=True)
+    try:
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        assert ros.publish_until(pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i),
+                                 lambda: node.counters.snapshot().get("published.overlay", 0) >= 1)
+        assert node.counters.snapshot()["published.label_mask"] >= 1  # every enabled output
+    finally:
+        stop_node(node)
+
+
+def test_detection_markers_outline_the_detected_boxes(ros, checkpoint):
+    """Markers lie on the plane 1 m in front of the camera; projected through the intrinsics (a 90-degree pinhole
+    without camera_info, the camera's K with it) they land on the Detection2D boxes."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    node = start_node(ros, checkpoint, use_camera_info=True)
+    try:
+        dets = ros.record(Detection2DArray, "/vltseg/detections")
+        markers = ros.record(MarkerArray, "/vltseg/detection_markers")
+        pub = ros.publisher(Image, "/image")
+        info_pub = ros.publisher(CameraInfo, "/camera_info")
+        ros.wait_matched(pub)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 10**9 + i), markers)
+        k = [80.0, 0.0, 40.0, 0.0, 90.0, 35.0, 0.0, 0.0, 1.0]
+        info_pub.publish(CameraInfo(width=100, height=60, k=k))
+        assert ros.wait_for(lambda: node.cameras[0].camera_info is not None)
+        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", 3 * 10**9 + i), markers, 2)
+        assert ros.wait_for(lambda: len(dets) >= 2)
+        by_stamp = {m.header.stamp.sec: m for m in dets}
+        for array_, (fx, fy, cx, cy) in zip(markers[:2], [(50.0, 50.0, 50.0, 30.0), (80.0, 90.0, 40.0, 35.0)]):
+            assert array_.markers[0].action == Marker.DELETEALL
+            boxes = [m for m in array_.markers if m.ns == "boxes"]
+            labels = [m for m in array_.markers if m.ns == "labels"]
+            detections = by_stamp[array_.markers[0].header.stamp.sec].detections
+            assert len(boxes) == len(labels) == len(detections) > 0
+            for marker, det in zip(boxes, detections):
+                assert marker.type == Marker.LINE_STRIP and marker.header.frame_id == "camera_optical"
+                us = [p.x / p.z * fx + cx for p in marker.points]
+                vs = [p.y / p.z * fy + cy for p in marker.points]
+                assert {p.z for p in marker.points} == {1.0}
+                assert min(us) == pytest.approx(det.bbox.center.position.x - det.bbox.size_x / 2, abs=1e-6)
+                assert max(vs) == pytest.approx(det.bbox.center.position.y + det.bbox.size_y / 2, abs=1e-6)
+            assert labels[0].text.split()[0] in node.predictor.class_names
+    finally:
+        stop_node(node)
+
+
+def test_a_failed_configure_is_logged_with_its_traceback(ros, checkpoint, monkeypatch, capfd):
+    """An exception outside the checkpoint loading (here: warm-up running out of memory) fails the transition with
+    the exception and its traceback in the log, instead of rclpy's silent error transition."""
+    from vltseg_ros.predictor import Predictor
+
+    def out_of_memory(self, *args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+    monkeypatch.setattr(Predictor, "predict", out_of_memory)
+    node = VLTSegNode(context=ros.context, parameter_overrides=[Parameter("checkpoint", value=checkpoint),
+                                                                 Parameter("device", value="cpu")])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
+        log = capfd.readouterr().err
+        assert "configure failed: RuntimeError('CUDA out of memory" in log
+        assert "Traceback (most recent call last)" in log and "in out_of_memory" in log
+        monkeypatch.undo()
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS  # nothing half-configured was left
+    finally:
+        node.trigger_shutdown()
+        node.destroy_node()
+
+
+def test_the_executable_exits_with_the_reason_of_a_failed_start(ros, checkpoint):
+    """``vltseg_node`` itself: a warm-up failure ends the process with status 1 and the traceback in its output."""
+    code = ("import sys\n"
+            "from vltseg_ros.predictor import Predictor\n"
+            "def warm_up_fails(self, *a, **k):\n"
+            "    raise RuntimeError('torch.compile failed (simulated)')\n"
+            "Predictor.predict = warm_up_fails\n"
+            "from vltseg_ros.node.node import main\n"
+            "sys.exit(main())\n")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros.domain_id))
+    proc = subprocess.run([sys.executable, "-c", code, "--ros-args", "-p", f"checkpoint:={checkpoint}",
+                           "-p", "device:=cpu"], env=env, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "torch.compile failed (simulated)" in out and "Traceback (most recent call last)" in out, out
+    assert "configure failed; see the error above" in out
+
+
+def test_ctrl_c_during_a_long_warm_up_ends_the_node_cleanly(ros, checkpoint):
+    """SIGINT while configure is still warming up (a torch.compile takes minutes): the process exits with status 0
+    and no traceback, although no lifecycle shutdown transition exists from the middle of a transition."""
+    code = ("import sys, time\n"
+            "from vltseg_ros.predictor import Predictor\n"
+            "def slow_warm_up(self, *a, **k):\n"
+            "    print('warming up', flush=True)\n"
+            "    time.sleep(60)\n"
+            "Predictor.predict = slow_warm_up\n"
+            "from vltseg_ros.node.node import main\n"
+            "sys.exit(main())\n")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(ros.domain_id))
+    proc = subprocess.Popen([sys.executable, "-c", code, "--ros-args", "-p", f"checkpoint:={checkpoint}",
+                             "-p", "device:=cpu"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "warming up"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in out, out
 
 
 def test_node_in_its_own_process(ros, checkpoint, tmp_path):

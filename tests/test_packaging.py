@@ -70,21 +70,134 @@ def test_ci_runs_exactly_the_readme_commands():
         assert re.search(rf"^{re.escape(command)}\s*$", ci, re.M), command
 
 
+def _requirements(path: Path) -> list[str]:
+    """The requirement lines of a requirements file, following ``-r`` includes."""
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            out += _requirements(path.parent / line[3:].strip())
+        elif line:
+            out.append(line)
+    return out
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[=<>!~ ;\[]", requirement)[0].lower().replace("_", "-")
+
+
 def test_lock_pins_every_requirement_exactly():
     lines = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines()]
     pins = [line for line in lines if line]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[A-Za-z0-9_.+\-!]+", p) for p in pins), pins
     names = {p.split("==")[0].lower().replace("_", "-") for p in pins}
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
-    wanted = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "requirements.in").read_text().splitlines()]
-    for requirement in filter(None, wanted):
-        name = re.split(r"[=<>!~ ]", requirement)[0].lower().replace("_", "-")
-        assert name in names, f"{name} is required but not pinned in requirements/lock.txt"
+    for requirement in _requirements(ROOT / "requirements" / "requirements.in") + _requirements(
+            ROOT / "requirements" / "humble-launch.txt"):
+        assert _name(requirement) in names, f"{requirement} is required but not pinned in requirements/lock.txt"
+
+
+def test_requirements_are_split_for_machines_with_and_without_a_ros_install():
+    """A ROS install gets the torch stack only (no wheel that would shadow /opt/ros, NumPy 1 for apt's message
+    packages); a pip-only machine gets the same plus the ROS 2 wheels."""
+    ros_install = _requirements(ROOT / "requirements" / "ros-install.txt")
+    pip_only = _requirements(ROOT / "requirements" / "pip-only.txt")
+    assert not [r for r in ros_install if _name(r).startswith("ros-")]
+    assert "numpy<2" in ros_install
+    assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(ros_install) & set(pip_only)
+    assert {"ros-kilted-rclpy", "ros-kilted-rmw-fastrtps-cpp"} <= set(pip_only)
+    assert set(_requirements(ROOT / "requirements" / "pip-only.txt")) <= set(
+        _requirements(ROOT / "requirements" / "requirements.in"))
+
+
+def _third_party_imports(folder: Path) -> dict[str, str]:
+    """Top-level module -> first file importing it, for every import under ``folder`` that is neither the standard
+    library nor this repository, nor guarded by ``except ImportError`` (optional: cv_bridge on a ROS install)."""
+    found: dict[str, str] = {}
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try)
+                    for h in t.handlers if "ImportError" in ast.unparse(h.type or ast.Name("BaseException"))
+                    for stmt in t.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("vltseg_ros", "training", "vltseg_train"):
+                    found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_imported_library_is_a_declared_requirement():
+    """A library the code imports is named by setup.py (so pip installs it) and, for the package, by
+    requirements/torch.txt (so the lock and both machine kinds get it), or by one of setup.py's extras (an optional
+    feature such as ONNX export); ROS packages come from package.xml. A missing one (mcap, apsw) broke CI."""
+    from importlib.metadata import packages_distributions, requires
+
+    base = {_name(r) for r in requires("vltseg_ros") if "extra ==" not in r}
+    extras = {_name(r) for r in requires("vltseg_ros") if "extra ==" in r}  # optional features (export, train)
+    torch_txt = {_name(r) for r in _requirements(ROOT / "requirements" / "torch.txt")}
+    ros_deps = {e.text for e in ET.parse(ROOT / "package.xml").getroot() if e.tag.endswith("depend")}
+    distributions = packages_distributions()
+    missing = []
+    for folder in ("vltseg_ros", "training"):
+        for module, where in _third_party_imports(ROOT / folder).items():
+            if module in ros_deps:  # ROS packages: package.xml
+                assert where.startswith("vltseg_ros/node/"), f"{where} imports ROS package {module} outside node/"
+                continue
+            dists = {_name(d) for d in distributions.get(module, [])}
+            assert dists, f"{where} imports {module}, which no installed distribution provides"
+            in_base = not dists.isdisjoint(base) and (folder != "vltseg_ros" or not dists.isdisjoint(torch_txt))
+            if not in_base and dists.isdisjoint(extras):
+                missing.append(f"{module} ({where}; distribution {sorted(dists)})")
+    assert not missing, f"imported but not declared in setup.py / requirements/torch.txt: {missing}"
+
+
+# Fields of every message in ros-perception/vision_msgs 4.1.1 (ros2 branch, e77fa2d), in order: type hashes
+# depend on names, types and order, so this is what "wire-compatible" means.
+UPSTREAM_VISION_MSGS = {
+    "BoundingBox2D": ["vision_msgs/Pose2D center", "float64 size_x", "float64 size_y"],
+    "BoundingBox2DArray": ["std_msgs/Header header", "vision_msgs/BoundingBox2D[] boxes"],
+    "Classification": ["std_msgs/Header header", "vision_msgs/ObjectHypothesis[] results"],
+    "Detection2D": ["std_msgs/Header header", "vision_msgs/ObjectHypothesisWithPose[] results",
+                    "vision_msgs/BoundingBox2D bbox", "string id"],
+    "Detection2DArray": ["std_msgs/Header header", "vision_msgs/Detection2D[] detections"],
+    "LabelInfo": ["std_msgs/Header header", "vision_msgs/VisionClass[] class_map", "float32 threshold"],
+    "ObjectHypothesis": ["string class_id", "float64 score"],
+    "ObjectHypothesisWithPose": ["vision_msgs/ObjectHypothesis hypothesis", "geometry_msgs/PoseWithCovariance pose"],
+    "Point2D": ["float64 x", "float64 y"],
+    "Pose2D": ["vision_msgs/Point2D position", "float64 theta"],
+    "VisionClass": ["uint16 class_id", "string class_name"],
+    "VisionInfo": ["std_msgs/Header header", "string method", "string database_location", "int32 database_version"],
+}
+
+
+def _msg_fields(path: Path) -> list[str]:
+    """``type name`` of each field of a .msg file, own-package types qualified, comments dropped."""
+    fields = []
+    for line in path.read_text().splitlines():
+        words = line.split("#")[0].split()
+        if len(words) >= 2 and "=" not in line.split("#")[0]:
+            kind = words[0] if "/" in words[0] or words[0].rstrip("[]")[0].islower() else f"vision_msgs/{words[0]}"
+            fields.append(f"{kind} {words[1]}")
+    return fields
+
+
+def test_vision_msgs_sources_are_field_identical_to_upstream():
+    folder = ROOT / "ros2_ws" / "src" / "vision_msgs" / "msg"
+    assert {p.stem: _msg_fields(p) for p in sorted(folder.glob("*.msg"))} == UPSTREAM_VISION_MSGS
 
 
 def test_vision_msgs_is_wire_compatible_with_upstream():
     """Type hashes depend only on names and fields; this one is upstream vision_msgs 4.1's (stack.md §5.1)."""
-    from vision_msgs.msg import Detection2DArray, LabelInfo, VisionClass
+    from vision_msgs.msg import Detection2DArray, LabelInfo, VisionClass, VisionInfo
 
     share = Path(sys.prefix) / "share" / "vision_msgs" / "msg" / "Detection2DArray.json"
     if not share.is_file():
@@ -96,6 +209,8 @@ def test_vision_msgs_is_wire_compatible_with_upstream():
     assert VisionClass.get_fields_and_field_types() == {"class_id": "uint16", "class_name": "string"}
     assert Detection2DArray.get_fields_and_field_types() == {
         "header": "std_msgs/Header", "detections": "sequence<vision_msgs/Detection2D>"}
+    assert list(VisionInfo.get_fields_and_field_types()) == ["header", "method", "database_location",
+                                                              "database_version"]
 
 
 def test_vision_msgs_travel_over_dds():

@@ -15,17 +15,12 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection2DArray
 
-from ros_harness import RosHarness
+from ros_harness import RosHarness, write_tiny_checkpoint
 from vltseg_ros.bag import BagError, BagWriter, FrameRecord, read_frames, topics_for
-from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
-from vltseg_ros.config import InferenceConfig, model_preset
 from vltseg_ros.labels import CITYSCAPES_THING_CLASSES
-from vltseg_ros.model import build_model
 from vltseg_ros.node.evaluator import EvaluatorNode
 from vltseg_ros.node.player import BagPlayer, main as player_main
 from vltseg_ros.report import Scorer
-
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
 
 TOPICS = topics_for("/camera")
 FRAMES, HEIGHT, WIDTH = 6, 48, 64
@@ -67,14 +62,7 @@ def _write(path: str, frames: list[FrameRecord], storage: str = "mcap") -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     """Tiny seg+det checkpoint running whole 48x64 images."""
-    import torch
-
-    torch.manual_seed(0)
-    cfg = model_preset("eva02_tiny", ("seg", "det"))
-    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
-    save_checkpoint(path, build_model(cfg), CheckpointMeta(
-        model=cfg, inference=InferenceConfig(mode="whole", size=[HEIGHT, WIDTH], fit_size=[HEIGHT, WIDTH])))
-    return path
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), HEIGHT, WIDTH)
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +306,7 @@ def test_ground_truth_without_predictions_is_counted_unmatched(ros, bag):
 
 # ------------------------------------------------------------------------------------------------------- launch
 def test_replay_launch_file_matches_the_evaluator_parameters():
-    """``launch`` is not installable here: read replay.launch.py's literal tables and node parameters with ast."""
+    """The evaluator parameters replay.launch.py sets exist (read with ast; tests/test_ros_launch.py runs it)."""
     import ast
     from pathlib import Path
 
@@ -328,17 +316,17 @@ def test_replay_launch_file_matches_the_evaluator_parameters():
     tree = ast.parse(source)
     (arguments,) = [n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS"]
     defaults = {ast.literal_eval(k): v.elts[0] for k, v in zip(arguments.keys, arguments.values)}
-    for name in ("bag", "checkpoint", "rate", "output_dir", "namespace", "use_rviz"):
+    for name in ("bag", "checkpoint", "rate", "output_dir", "bag_namespace", "player", "score_every_frame"):
         assert name in defaults
-    assert ast.literal_eval(defaults["rate"]) == "1.0" and ast.literal_eval(defaults["namespace"]) == "/camera"
+    assert ast.literal_eval(defaults["rate"]) == "1.0" and ast.literal_eval(defaults["bag_namespace"]) == "/camera"
     nodes = {}
     for call in ast.walk(tree):
         if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Node":
             keywords = {k.arg: k.value for k in call.keywords}
             if isinstance(keywords.get("executable"), ast.Constant):
                 nodes[keywords["executable"].value] = keywords
-    assert {"vltseg_node", "vltseg_eval_node"} <= set(nodes)
+    assert {"vltseg_eval_node", "vltseg_bag_play"} <= set(nodes)
     (eval_params,) = nodes["vltseg_eval_node"]["parameters"].elts
     names = {ast.literal_eval(k) for k in eval_params.keys}
     assert "use_sim_time" in names and names - {"use_sim_time"} <= {p.name for p in PARAMETERS}
-    assert '"bag", "play"' in source and '"--clock", "--rate"' in source and '"LARGE_DATA"' in source
+    assert '"bag", "play"' in source and '"--clock", "--rate"' in source and '"vltseg.launch.py"' in source

@@ -1,38 +1,50 @@
-"""``vltseg_node``: camera images in; label masks, colored masks, overlays and detections out.
+"""``vltseg_node``: camera images in; label masks, colored masks, overlays, detections and markers out.
 
-A lifecycle node. Configure loads the checkpoint and warms the model up; activate subscribes; deactivate unsubscribes
-and moves the model off the GPU; by default the node walks itself to active so plain ``ros2 run`` works.
-Subscription callbacks only convert and park the newest frame per camera in a slot; an inference thread takes
-whatever the slots hold (several cameras -> one batch), so a slow model drops stale frames instead of queueing them.
+A lifecycle node. Configure loads the checkpoint and warms the model up; activate starts the inference thread;
+deactivate unsubscribes and moves the model off the GPU; by default the node walks itself to active so plain
+``ros2 run`` works. A failed transition logs its exception with the traceback (rclpy would swallow it).
+
+Work is lazy, as in image_pipeline: a camera's input is subscribed only while one of its enabled outputs has a
+subscriber (or ``always_on`` is set), so a node nobody listens to runs no inference, and an output nobody subscribes
+to is not computed. Subscription callbacks only convert and park the newest frame per camera in a slot; an inference
+thread takes whatever the slots hold (several cameras -> one batch), so a slow model drops stale frames instead of
+queueing them.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from vision_msgs.msg import (
-    Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis, ObjectHypothesisWithPose, VisionClass,
-)
 
-from ..labels import IGNORE_INDEX
-from ..visualize import draw_overlay, palette_lut
-from .conversions import ImageError, compressed_to_numpy, image_to_numpy, is_jpeg, jpeg_to_tensor, numpy_to_image
+from ..visualize import palette_lut
+from . import diagnostics
+from .conversions import (
+    FrameResult, ImageError, Rendering, compressed_to_numpy, image_to_numpy, is_jpeg, jpeg_to_tensor, label_info_msg,
+)
+from .outputs import OUTPUTS, Output
 from .parameters import PARAMETERS, SPECS
 from .stats import Counters, Percentiles, RateWindow
+from .topics import CameraTopics
+
+INPUT_CHECK_PERIOD_S = 0.25
+"""How often the node looks for output subscribers to (un)subscribe its inputs (steady clock)."""
 
 
 @dataclass
@@ -47,17 +59,16 @@ class Frame:
 
 
 class CameraIO:
-    """Topics of one camera: its input subscriptions and its output publishers."""
+    """Topics of one camera: its input subscriptions, its output publishers and its input statistics."""
 
-    def __init__(self, namespace: str):
-        self.namespace = namespace.strip("/")
-        prefix = f"{self.namespace}/" if self.namespace else ""
-        self.image_topic = f"{prefix}image"
-        self.camera_info_topic = f"{prefix}camera_info"
-        self.output_prefix = f"~/{prefix}"
+    def __init__(self, namespace: str, window_s: float):
+        self.topics = CameraTopics(namespace)
         self.subscriptions: list = []
         self.publishers: dict[str, Any] = {}
         self.camera_info: Optional[CameraInfo] = None
+        self.input_rate = RateWindow(window_s)  # steady-clock seconds
+        self.last_frame: Optional[float] = None  # steady-clock seconds of the last frame (or of subscribing)
+        self.input_topic = self.topics.image  # resolved once subscribed
 
 
 def warmup_batches(mode: str, compiled: bool, cameras: int, max_batch: int) -> list[int]:
@@ -67,6 +78,22 @@ def warmup_batches(mode: str, compiled: bool, cameras: int, max_batch: int) -> l
     if not compiled or mode != "whole":
         return [1]
     return list(range(1, max(1, min(cameras, max_batch)) + 1))
+
+
+def _logged_transition(callback):
+    """A lifecycle callback that logs any exception with its traceback and fails the transition. rclpy turns an
+    exception into a silent ERROR transition; a node whose start failed must say why."""
+
+    @functools.wraps(callback)
+    def wrapper(self, state):
+        try:
+            return callback(self, state)
+        except Exception as exc:
+            self.get_logger().error(f"{callback.__name__[3:]} failed: {exc!r}\n{traceback.format_exc()}")
+            self._transition_failed(callback.__name__)
+            return TransitionCallbackReturn.FAILURE
+
+    return wrapper
 
 
 class VLTSegNode(LifecycleNode):
@@ -79,21 +106,23 @@ class VLTSegNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.predictor = None
         self.cameras: list[CameraIO] = []
-        self.counters = Counters()
-        self.input_rate = RateWindow()
-        self.output_rate = RateWindow()
+        self.counters = Counters(self.param("diagnostics_window_s"))
+        self.input_rate = RateWindow(self.param("diagnostics_window_s"))
+        self.output_rate = RateWindow(self.param("diagnostics_window_s"))
         self.latency_ms = Percentiles()
         self.inference_ms = Percentiles()
         self._slots: dict[int, collections.deque[Frame]] = {}  # camera -> frames waiting for inference
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._diag_pub = None
         self._diag_timer = None
-        self._class_lut: Optional[np.ndarray] = None
+        self._input_timer = None
+        self._label_info_pubs: list = []
         self._palette_lut: Optional[np.ndarray] = None
-        self._keep_det_ids: Optional[set[int]] = None
         self._jpeg_device = None  # torch device for torchvision JPEG decoding, None = OpenCV
+        self._last_error: Optional[str] = None
 
     # ----------------------------------------------------------------------------------------------- parameters
     def _declare(self, spec) -> None:
@@ -123,29 +152,24 @@ class VLTSegNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=problem)
         for p in params:
             if p.name == "score_threshold" and self.predictor is not None:
-                self.predictor.score_threshold = float(p.value)
+                self.predictor.set_score_threshold(float(p.value))
+                self._publish_label_info(float(p.value))
             if p.name == "class_filter" and self.predictor is not None:
-                self._build_class_filter(list(p.value))
+                self._set_class_filter(list(p.value))
         return SetParametersResult(successful=True)
 
-    def _build_class_filter(self, names: list[str]) -> None:
-        classes = self.predictor.class_names
-        unknown = sorted(set(names) - set(classes))
+    def _set_class_filter(self, names: list[str]) -> None:
+        unknown = self.predictor.set_class_filter(names)
         if unknown:
             self.get_logger().warning(f"class_filter: unknown class names {unknown} are ignored")
-        keep = {i for i, n in enumerate(classes) if n in names} if names else set(range(len(classes)))
-        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-        lut[sorted(keep)] = sorted(keep)
-        self._class_lut = None if not names else lut
-        self._keep_det_ids = None if not names else keep
 
     # ------------------------------------------------------------------------------------------------ lifecycle
+    @_logged_transition
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Load the checkpoint, warm the model up, create publishers and publish the label map."""
         import torch
 
-        from ..checkpoint import CheckpointError
-        from ..config import ConfigError, InferenceConfig, validate_inference_config
+        from ..config import InferenceConfig
         from ..predictor import Predictor
 
         path = self.param("checkpoint")
@@ -155,31 +179,20 @@ class VLTSegNode(LifecycleNode):
         device = self.param("device")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            predictor = Predictor.from_checkpoint(
-                path, device=device, precision=self.param("precision"),
-                score_threshold=self.param("score_threshold"),
-                compile=self.param("compile_mode") if self.param("compile") else False,
-                compile_cache_dir=self.param("compile_cache_dir"),
+        predictor = Predictor.from_checkpoint(
+            path, device=device, precision=self.param("precision"), score_threshold=self.param("score_threshold"),
+            compile=self.param("compile_mode") if self.param("compile") else False,
+            compile_cache_dir=self.param("compile_cache_dir"),
+        )
+        mode = self.param("inference.mode")
+        if mode != "checkpoint":
+            inference = InferenceConfig(
+                mode=mode, size=list(self.param("inference.size")), fit_size=list(self.param("inference.fit_size")),
+                window=self.param("inference.window"), stride=self.param("inference.stride"),
             )
-            mode = self.param("inference.mode")
-            if mode != "checkpoint":
-                inference = InferenceConfig(
-                    mode=mode, size=list(self.param("inference.size")),
-                    fit_size=list(self.param("inference.fit_size")),
-                    window=self.param("inference.window"), stride=self.param("inference.stride"),
-                )
-                validate_inference_config(inference)
-                predictor.inference = inference
-        except (CheckpointError, ConfigError, RuntimeError, ValueError) as exc:
-            self.get_logger().error(f"cannot load checkpoint: {exc}")
-            return TransitionCallbackReturn.FAILURE
-        self.predictor = predictor
+            predictor.set_inference(inference)
         decoder = self.param("jpeg_decoder")
         use_torchvision = decoder == "torchvision" or (decoder == "auto" and predictor.device.type == "cuda")
-        self._jpeg_device = predictor.device if use_torchvision else None
-        self._palette_lut = palette_lut(predictor.palette)
-        self._build_class_filter(list(self.param("class_filter")))
         started = time.perf_counter()
         size = predictor.inference.size if predictor.inference.mode == "whole" else predictor.inference.fit_size
         frame = np.zeros((size[0], size[1], 3), np.uint8)
@@ -190,6 +203,10 @@ class VLTSegNode(LifecycleNode):
             f"loaded {path} ({predictor.meta.model.encoder.name}, {device}, {predictor.precision}); "
             f"warm-up {1000 * (time.perf_counter() - started):.0f} ms"
         )
+        self.predictor = predictor
+        self._jpeg_device = predictor.device if use_torchvision else None
+        self._palette_lut = palette_lut(predictor.palette)
+        self._set_class_filter(list(self.param("class_filter")))
         self._create_publishers()
         return TransitionCallbackReturn.SUCCESS
 
@@ -198,67 +215,59 @@ class VLTSegNode(LifecycleNode):
                              durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
-        self.cameras = [CameraIO(ns) for ns in self.param("cameras")]
-        label_info = LabelInfo(
-            class_map=[VisionClass(class_id=i, class_name=n) for i, n in enumerate(self.predictor.class_names)],
-            threshold=float(self.param("score_threshold")),
-        )
-        label_info.header.stamp = self.get_clock().now().to_msg()
+        self.cameras = [CameraIO(ns, self.param("diagnostics_window_s")) for ns in self.param("cameras")]
         for cam in self.cameras:
-            p = cam.output_prefix
-            cam.publishers = {
-                "label_mask": self.create_publisher(Image, p + "label_mask", out_qos),
-                "colored_mask": self.create_publisher(Image, p + "colored_mask", out_qos),
-                "overlay": self.create_publisher(Image, p + "overlay", out_qos),
-                "detections": self.create_publisher(Detection2DArray, p + "detections", out_qos),
-                "confidence": self.create_publisher(Image, p + "confidence", out_qos),
-                "label_info": self.create_publisher(LabelInfo, p + "label_info", latched),
-            }
-            cam.publishers["label_info"].publish(label_info)
+            cam.publishers = {o.name: self.create_publisher(o.msg_type, cam.topics.output(o.name),
+                                                            latched if o.latched else out_qos) for o in OUTPUTS}
+        self._label_info_pubs = [cam.publishers[o.name] for cam in self.cameras for o in OUTPUTS if o.latched]
+        self._publish_label_info(self.param("score_threshold"))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics)
+        # Steady clock: diagnostics must keep coming when a replay's /clock stops (or has not started).
+        self._diag_timer = self.create_timer(self.param("diagnostics_period_s"), self._publish_diagnostics,
+                                             clock=self._steady)
 
+    def _publish_label_info(self, threshold: float) -> None:
+        msg = label_info_msg(self.predictor.class_names, threshold, self.get_clock().now().to_msg())
+        for pub in self._label_info_pubs:
+            pub.publish(msg)
+
+    def _transition_failed(self, callback: str) -> None:
+        if callback == "on_configure":
+            self._release()
+        elif callback == "on_activate":
+            self._unsubscribe()
+
+    @_logged_transition
     def on_activate(self, state: State) -> TransitionCallbackReturn:
-        """Move the model to its device, subscribe, and start the inference thread."""
-        self.predictor.model.to(self.predictor.device)
-        reliability = (ReliabilityPolicy.BEST_EFFORT if self.param("input_qos.reliability") == "best_effort"
-                       else ReliabilityPolicy.RELIABLE)
-        in_qos = QoSProfile(depth=self.param("input_qos.depth"), reliability=reliability,
-                            durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
-        compressed = self.param("input_transport") == "compressed"
-        for index, cam in enumerate(self.cameras):
-            if compressed:
-                cam.subscriptions.append(self.create_subscription(
-                    CompressedImage, cam.image_topic + "/compressed",
-                    lambda msg, i=index: self._on_image(msg, i, compressed=True), in_qos))
-            else:
-                cam.subscriptions.append(self.create_subscription(
-                    Image, cam.image_topic, lambda msg, i=index: self._on_image(msg, i, compressed=False), in_qos))
-            if self.param("use_camera_info"):
-                cam.subscriptions.append(self.create_subscription(
-                    CameraInfo, cam.camera_info_topic, lambda msg, c=cam: self._on_camera_info(msg, c), in_qos))
+        """Move the model to its device, start the inference thread, and subscribe the inputs whose outputs are
+        wanted (checked again every ``INPUT_CHECK_PERIOD_S``)."""
+        self.predictor.restore_device()
         self._stop.clear()
         self._worker = threading.Thread(target=self._inference_loop, name="vltseg-inference", daemon=True)
         self._worker.start()
-        topics = ", ".join(c.image_topic + ("/compressed" if compressed else "") for c in self.cameras)
-        self.get_logger().info(f"active: subscribed to {topics}")
+        self._update_inputs()
+        self._input_timer = self.create_timer(INPUT_CHECK_PERIOD_S, self._update_inputs, clock=self._steady)
+        lazy = "" if self.param("always_on") else " while an output has a subscriber"
+        topics = ", ".join(c.topics.compressed if self._compressed else c.topics.image for c in self.cameras)
+        self.get_logger().info(f"active: input {topics} (subscribed{lazy})")
+        self._warn_about_large_images()
         return super().on_activate(state)
 
+    @_logged_transition
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Unsubscribe, stop the inference thread and free GPU memory."""
         self._unsubscribe()
         if self.predictor is not None and self.predictor.device.type == "cuda":
-            import torch
-
-            self.predictor.model.to("cpu")
-            torch.cuda.empty_cache()
+            self.predictor.release_device()
         return super().on_deactivate(state)
 
+    @_logged_transition
     def on_cleanup(self, state: State) -> TransitionCallbackReturn:
         """Destroy publishers and drop the model."""
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    @_logged_transition
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
         """Stop everything from any state."""
         self._unsubscribe()
@@ -266,17 +275,19 @@ class VLTSegNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _unsubscribe(self) -> None:
+        if self._input_timer is not None:
+            self.destroy_timer(self._input_timer)
+            self._input_timer = None
         self._stop_inference()
         for cam in self.cameras:
-            for sub in cam.subscriptions:
-                self.destroy_subscription(sub)
-            cam.subscriptions.clear()
+            self._unsubscribe_camera(cam)
 
     def _release(self) -> None:
         for cam in self.cameras:
             for pub in cam.publishers.values():
                 self.destroy_publisher(pub)
         self.cameras = []
+        self._label_info_pubs = []
         if self._diag_timer is not None:
             self.destroy_timer(self._diag_timer)
             self.destroy_publisher(self._diag_pub)
@@ -293,7 +304,64 @@ class VLTSegNode(LifecycleNode):
         with self._cond:
             self._slots.clear()
 
+    def _warn_about_large_images(self) -> None:
+        """Fast DDS with its default transports never delivers best-effort images of about 1 MB or more."""
+        rmw = os.environ.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+        if (rmw.startswith("rmw_fastrtps") and not os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
+                and self.param("input_qos.reliability") == "best_effort" and not self._compressed):
+            self.get_logger().info(
+                "Fast DDS with default transports: best-effort images of 1 MB or more are not delivered; set "
+                "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for every process (camera driver, this node, RViz, ros2 CLI)")
+
     # ------------------------------------------------------------------------------------------------- input
+    @property
+    def _compressed(self) -> bool:
+        return self.param("input_transport") == "compressed"
+
+    def _wanted_outputs(self, cam: CameraIO) -> list[Output]:
+        """The per-frame outputs of ``cam`` to compute now: enabled, possible with this checkpoint, and (unless
+        ``always_on``) subscribed."""
+        heads = {None: True, "seg": self.predictor.has_seg, "det": self.predictor.has_det}
+        always_on = self.param("always_on")
+        return [o for o in OUTPUTS if not o.latched and heads[o.needs] and self.param(o.parameter)
+                and (always_on or cam.publishers[o.name].get_subscription_count() > 0)]
+
+    def _update_inputs(self) -> None:
+        """Subscribe each camera whose outputs are wanted, unsubscribe the others (image_pipeline's laziness)."""
+        for index, cam in enumerate(self.cameras):
+            wanted = self.param("always_on") or bool(self._wanted_outputs(cam))
+            if wanted and not cam.subscriptions:
+                self._subscribe_camera(index, cam)
+            elif not wanted and cam.subscriptions:
+                self._unsubscribe_camera(cam)
+                with self._cond:
+                    self._slots.pop(index, None)
+                self.get_logger().info(f"unsubscribed from {cam.input_topic}: no subscriber to its outputs")
+
+    def _subscribe_camera(self, index: int, cam: CameraIO) -> None:
+        reliability = (ReliabilityPolicy.BEST_EFFORT if self.param("input_qos.reliability") == "best_effort"
+                       else ReliabilityPolicy.RELIABLE)
+        in_qos = QoSProfile(depth=self.param("input_qos.depth"), reliability=reliability,
+                            durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+        if self._compressed:
+            sub = self.create_subscription(CompressedImage, cam.topics.compressed,
+                                           lambda msg: self._on_image(msg, index, compressed=True), in_qos)
+        else:
+            sub = self.create_subscription(Image, cam.topics.image,
+                                           lambda msg: self._on_image(msg, index, compressed=False), in_qos)
+        cam.subscriptions.append(sub)
+        if self.param("use_camera_info"):
+            cam.subscriptions.append(self.create_subscription(
+                CameraInfo, cam.topics.camera_info, lambda msg: self._on_camera_info(msg, cam), in_qos))
+        cam.input_topic = sub.topic_name
+        cam.last_frame = self._steady.now().nanoseconds * 1e-9  # the stale check counts from here
+        self.get_logger().info(f"subscribed to {cam.input_topic}")
+
+    def _unsubscribe_camera(self, cam: CameraIO) -> None:
+        for sub in cam.subscriptions:
+            self.destroy_subscription(sub)
+        cam.subscriptions.clear()
+
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -304,14 +372,16 @@ class VLTSegNode(LifecycleNode):
 
     def _on_camera_info(self, msg: CameraInfo, cam: CameraIO) -> None:
         if msg.width <= 0 or msg.height <= 0:
-            self._reject("camera_info", f"{cam.camera_info_topic} has zero size {msg.width}x{msg.height}")
+            self._reject("camera_info", f"{cam.topics.camera_info} has zero size {msg.width}x{msg.height}")
             return
         cam.camera_info = msg
 
     def _on_image(self, msg, camera: int, compressed: bool) -> None:
-        now = self._now()
-        self.input_rate.tick(now)
+        steady = self._steady.now().nanoseconds * 1e-9
+        self.input_rate.tick(steady)
         cam = self.cameras[camera]
+        cam.input_rate.tick(steady)
+        cam.last_frame = steady
         try:
             if not compressed:
                 image, image_format = image_to_numpy(msg)
@@ -320,14 +390,14 @@ class VLTSegNode(LifecycleNode):
             else:
                 image, image_format = compressed_to_numpy(msg)
         except ImageError as exc:
-            self._reject("compressed" if compressed else "image", f"{cam.image_topic}: {exc}")
+            self._reject(exc.reason, f"{cam.input_topic}: {exc}")
             return
         info = cam.camera_info
         if info is not None and (info.width, info.height) != (image.shape[1], image.shape[0]):
-            self._reject("camera_info", f"{cam.camera_info_topic} says {info.width}x{info.height}, "
+            self._reject("camera_info", f"{cam.topics.camera_info} says {info.width}x{info.height}, "
                                         f"image is {image.shape[1]}x{image.shape[0]}")
             return
-        frame = Frame(camera, msg.header, image, image_format, now)
+        frame = Frame(camera, msg.header, image, image_format, self._now())
         with self._cond:
             queue = self._slots.setdefault(camera, collections.deque(maxlen=self.param("frame_queue")))
             if len(queue) == queue.maxlen:
@@ -365,93 +435,79 @@ class VLTSegNode(LifecycleNode):
                 self._process(frames)
             except Exception as exc:  # keep the node alive on CUDA OOM and the like; the next frame may work
                 self.counters.add("inference_errors")
-                self.get_logger().error(f"inference failed: {exc!r}", throttle_duration_sec=5.0)
+                self._last_error = repr(exc)
+                self.get_logger().error(f"inference failed: {exc!r}\n{traceback.format_exc()}",
+                                        throttle_duration_sec=5.0)
 
     def _process(self, frames: list[Frame]) -> None:
+        wanted = {f.camera: self._wanted_outputs(self.cameras[f.camera]) for f in frames}
+        frames = [f for f in frames if wanted[f.camera]]  # its last subscriber left while the frame waited
+        if not frames:
+            return
         started = time.perf_counter()
         results = self.predictor.predict(
             [f.image for f in frames], image_format=[f.image_format for f in frames],
-            return_confidence=self.param("publish.confidence"),
+            return_confidence=any(o.name == "confidence" for outputs in wanted.values() for o in outputs),
         )
         self.inference_ms.add(1000 * (time.perf_counter() - started))
         self.counters.add("batches")
-        for frame, result in zip(frames, results):
-            self._publish(frame, result)
+        rendering = Rendering(self.predictor.class_names, self._palette_lut, self.param("overlay_alpha"))
+        for frame, prediction in zip(frames, results):
+            cam = self.cameras[frame.camera]
+            result = self._frame_result(frame, prediction, cam)
+            for output in wanted[frame.camera]:
+                cam.publishers[output.name].publish(output.build(result, rendering))
+                self.counters.add(f"published.{output.name}")
+            now = self._now()
+            self.output_rate.tick(self._steady.now().nanoseconds * 1e-9)
+            self.latency_ms.add(1000 * (now - Time.from_msg(frame.header.stamp).nanoseconds * 1e-9))
+            self.counters.add("published")
 
-    # ------------------------------------------------------------------------------------------------ output
-    def _publish(self, frame: Frame, result) -> None:
-        cam = self.cameras[frame.camera]
-        pubs = cam.publishers
-        header = frame.header
-        label_map = result.label_map
-        if label_map is not None and self._class_lut is not None:
-            label_map = self._class_lut[label_map]
-        keep = np.ones(len(result.box_class_ids), bool) if self._keep_det_ids is None else np.array(
-            [int(c) in self._keep_det_ids for c in result.box_class_ids], bool)
-        boxes, class_ids, scores = result.boxes[keep], result.box_class_ids[keep], result.box_scores[keep]
-        if label_map is not None:
-            if self.param("publish.label_mask"):
-                pubs["label_mask"].publish(numpy_to_image(label_map, "mono8", header))
-            if self.param("publish.colored_mask"):
-                pubs["colored_mask"].publish(numpy_to_image(self._palette_lut[label_map], "rgb8", header))
-            if self.param("publish.confidence") and result.confidence is not None:
-                pubs["confidence"].publish(numpy_to_image(result.confidence, "32FC1", header))
-        if self.param("publish.detections") and self.predictor.has_det:
-            pubs["detections"].publish(self._detections(header, boxes, class_ids, scores))
-        if self.param("publish.overlay") and pubs["overlay"].get_subscription_count() > 0:
-            image = frame.image if isinstance(frame.image, np.ndarray) else frame.image.cpu().numpy()
-            overlay = draw_overlay(image, frame.image_format, label_map, self._palette_lut, boxes, class_ids,
-                                   scores, self.predictor.class_names, self.param("overlay_alpha"))
-            pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header))
-        now = self._now()
-        self.output_rate.tick(now)
-        self.latency_ms.add(1000 * (now - Time.from_msg(header.stamp).nanoseconds * 1e-9))
-        self.counters.add("published")
-
-    @staticmethod
-    def _detections(header, boxes: np.ndarray, class_ids: np.ndarray, scores: np.ndarray) -> Detection2DArray:
-        out = Detection2DArray(header=header)
-        for (x1, y1, x2, y2), cid, score in zip(boxes.tolist(), class_ids.tolist(), scores.tolist()):
-            det = Detection2D(header=header)
-            det.bbox.center.position.x = (x1 + x2) / 2
-            det.bbox.center.position.y = (y1 + y2) / 2
-            det.bbox.size_x = x2 - x1
-            det.bbox.size_y = y2 - y1
-            det.results = [ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=str(cid), score=score))]
-            out.detections.append(det)
-        return out
+    def _frame_result(self, frame: Frame, prediction, cam: CameraIO) -> FrameResult:
+        """The prediction (the predictor applied threshold and class filter) together with its frame."""
+        return FrameResult(frame.header, frame.image, frame.image_format, prediction.label_map,
+                           prediction.confidence, prediction.boxes, prediction.box_class_ids, prediction.box_scores,
+                           cam.camera_info)
 
     # ------------------------------------------------------------------------------------------- diagnostics
     def _publish_diagnostics(self) -> None:
-        now = self._now()
+        steady = self._steady.now().nanoseconds * 1e-9
+        window = self.param("diagnostics_window_s")
         counts = self.counters.snapshot()
+        recent = self.counters.recent()
         lat50, lat95 = self.latency_ms.get((50, 95))
         inf50, inf95 = self.inference_ms.get((50, 95))
+        device = str(self.predictor.device) if self.predictor else "none"
         values = {
             "model": self.predictor.meta.model.encoder.name if self.predictor else "none",
-            "device": str(self.predictor.device) if self.predictor else "none",
-            "input_rate_hz": f"{self.input_rate.rate(now):.2f}",
-            "output_rate_hz": f"{self.output_rate.rate(now):.2f}",
+            "device": device,
+            "input_rate_hz": f"{self.input_rate.rate(steady):.2f}",
+            "output_rate_hz": f"{self.output_rate.rate(steady):.2f}",
             "latency_p50_ms": f"{lat50:.1f}",
             "latency_p95_ms": f"{lat95:.1f}",
             "inference_p50_ms": f"{inf50:.1f}",
             "inference_p95_ms": f"{inf95:.1f}",
             "gpu_memory_mb": self._gpu_memory_mb(),
             "host_rss_mb": f"{_rss_mb():.0f}",
+            "window_s": f"{window:g}",
         }
         for name in ("published", "batches", "dropped", "stale", "rejected", "inference_errors"):
             values[name] = str(counts.get(name, 0))
-        values.update({k: str(v) for k, v in sorted(counts.items()) if k.startswith("rejected.")})
-        level, message = DiagnosticStatus.OK, "ok"
-        if counts.get("inference_errors"):
-            level, message = DiagnosticStatus.ERROR, "inference errors"
-        elif counts.get("rejected"):
-            level, message = DiagnosticStatus.WARN, "rejected input frames"
-        status = DiagnosticStatus(
-            level=level, name=f"{self.get_name()}: vltseg", message=message, hardware_id=values["device"],
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
-        )
-        msg = DiagnosticArray(status=[status])
+        values.update({k: str(v) for k, v in sorted(counts.items()) if k.startswith(("rejected.", "published."))})
+        node = self.get_name()
+        statuses = [diagnostics.status(f"{node}: inference", device,
+                                       diagnostics.inference_checks(recent, window, self._last_error), values)]
+        expected, tolerance = self.param("expected_rate_hz"), self.param("rate_tolerance")
+        for cam in self.cameras:
+            state = diagnostics.InputState(
+                topic=cam.input_topic, subscribed=bool(cam.subscriptions), rate_hz=cam.input_rate.rate(steady),
+                frames_in_window=cam.input_rate.count(steady),
+                since_last_s=None if cam.last_frame is None else steady - cam.last_frame)
+            statuses.append(diagnostics.status(
+                f"{node}: input {cam.topics.image}", device,
+                diagnostics.input_checks(state, self.param("stale_input_s"), expected, tolerance),
+                diagnostics.input_values(state, window, expected, tolerance)))
+        msg = DiagnosticArray(status=statuses)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(msg)
 
@@ -486,6 +542,7 @@ def main(args: Optional[list[str]] = None) -> int:
                 node.get_logger().fatal("configure failed; see the error above")
                 code = 1
             elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().fatal("activate failed; see the error above")
                 code = 1
         if code == 0:
             executor.spin()
@@ -493,7 +550,10 @@ def main(args: Optional[list[str]] = None) -> int:
         pass
     finally:
         if rclpy.ok():
-            node.trigger_shutdown()
+            try:
+                node.trigger_shutdown()
+            except RuntimeError:  # Ctrl-C in the middle of a transition (a long warm-up): no shutdown transition
+                node.on_shutdown(None)
         node.destroy_node()
         rclpy.try_shutdown()
     return code

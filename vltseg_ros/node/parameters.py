@@ -1,7 +1,8 @@
 """The node's parameters: one table with type, default, description and constraint per parameter.
 
-The table is the single source for declaration (with descriptors), validation, ``config/vltseg.yaml`` and the
-launch-file consistency test.
+The table is the single source for declaration (with descriptors), validation, ``config/vltseg.yaml`` (which
+launch/vltseg.launch.py turns into one launch argument per parameter) and the README's parameter table. The
+``publish.*`` switches come from the output table.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+
+from .outputs import OUTPUTS
 
 _TYPES = {
     bool: ParameterType.PARAMETER_BOOL,
@@ -79,7 +82,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("checkpoint", "", "path of the .safetensors checkpoint (required; never downloaded)", str,
               read_only=True),
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N", str, read_only=True),
-    ParamSpec("precision", "fp32", "autocast precision", str, read_only=True, choices=("fp32", "bf16", "fp16")),
+    ParamSpec("precision", "auto", "autocast precision; auto = bf16 where the device runs it natively, else fp32",
+              str, read_only=True, choices=("auto", "fp32", "bf16", "fp16")),
     ParamSpec("compile", False, "torch.compile the network at configure time (slow first start, faster frames)",
               bool, read_only=True),
     ParamSpec("compile_mode", "default", "torch.compile mode; reduce-overhead = CUDA graphs (static shapes)", str,
@@ -119,15 +123,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               low=0.0, high=3600.0),
     ParamSpec("batch_timeout_ms", 10.0, "with several cameras: how long to wait for the other cameras' frames",
               float, low=0.0, high=1000.0),
-    ParamSpec("publish.label_mask", True, "publish ~/label_mask (mono8 trainIds)", bool),
-    ParamSpec("publish.colored_mask", True, "publish ~/colored_mask (rgb8)", bool),
-    ParamSpec("publish.overlay", True, "publish ~/overlay (rgb8, computed only while subscribed)", bool),
-    ParamSpec("publish.detections", True, "publish ~/detections (vision_msgs/Detection2DArray)", bool),
-    ParamSpec("publish.confidence", False, "publish ~/confidence (32FC1, 0..1)", bool),
     ParamSpec("overlay_alpha", 0.5, "mask opacity in the overlay", float, low=0.0, high=1.0),
+    ParamSpec("always_on", False, "subscribe and infer even while no output has a subscriber, and publish every "
+                                  "enabled output (default: lazy, like image_pipeline)", bool),
     ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", float, read_only=True,
               low=0.05, high=60.0),
+    ParamSpec("diagnostics_window_s", 10.0, "diagnostics levels and rates cover this many recent seconds", float,
+              read_only=True, low=0.1, high=3600.0),
+    ParamSpec("stale_input_s", 3.0, "a subscribed camera without a frame for this long is reported stale (WARN); "
+                                    "0 = off", float, low=0.0, high=3600.0),
+    ParamSpec("expected_rate_hz", 0.0, "expected frame rate of each camera; /diagnostics warns outside "
+                                       "rate_tolerance; 0 = no check", float, low=0.0, high=1000.0),
+    ParamSpec("rate_tolerance", 0.1, "accepted relative deviation from expected_rate_hz", float, low=0.0, high=1.0),
     ParamSpec("autostart", True, "walk the lifecycle to active at start-up (plain ros2 run)", bool, read_only=True),
-)
+) + tuple(ParamSpec(o.parameter, o.default, f"publish ~/{o.name} ({o.type_name}) while it has a subscriber", bool)
+          for o in OUTPUTS if o.parameter)
 
 SPECS = {spec.name: spec for spec in PARAMETERS}

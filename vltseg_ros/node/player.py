@@ -1,7 +1,7 @@
 """Play a rosbag2 bag (mcap or sqlite3) into ROS 2 with rclpy, with /clock: ``ros2 bag play`` where it is missing.
 
     vltseg bag play data/bags/fog --rate 0.5 --wait-for-subscribers 2
-    python -m vltseg_ros.node.player data/bags/fog --loop --qos best_effort
+    ros2 run vltseg_ros vltseg_bag_play data/bags/fog --loop --qos best_effort
 
 Messages are read as raw CDR with ``rosbags`` and turned into the installed rclpy type, so any type with Python
 bindings plays. They keep their recorded relative timing, scaled by ``--rate``; /clock carries the bag time (like
@@ -352,11 +352,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m vltseg_ros.node.player BAG [options]``."""
-    parser = argparse.ArgumentParser(prog="python -m vltseg_ros.node.player", description=__doc__,
+    """``vltseg_bag_play BAG [options] [--ros-args ...]`` (also ``python -m vltseg_ros.node.player``)."""
+    from rclpy.utilities import remove_ros_args
+
+    parser = argparse.ArgumentParser(prog="vltseg_bag_play", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(remove_ros_args(list(sys.argv[1:] if argv is None else argv))))
 
 
 if __name__ == "__main__":

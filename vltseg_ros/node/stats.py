@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 
 import numpy as np
 
 
 class RateWindow:
-    """Events per second over a sliding time window (node-clock seconds, so sim time works)."""
+    """Events per second over a sliding time window (seconds of the caller's clock)."""
 
     def __init__(self, window_s: float = 5.0):
         self.window_s = window_s
@@ -30,6 +31,12 @@ class RateWindow:
                 return 0.0
             span = max(now - self._times[0], 1e-9)
             return (len(self._times) - 1) / span if span < self.window_s else len(self._times) / self.window_s
+
+    def count(self, now: float) -> int:
+        """Events in the window ending at ``now``."""
+        with self._lock:
+            self._trim(now)
+            return len(self._times)
 
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self.window_s:
@@ -58,18 +65,39 @@ class Percentiles:
 
 
 class Counters:
-    """Thread-safe named counters."""
+    """Thread-safe named counters: totals since start, and the counts of the last ``window_s`` seconds (for a
+    diagnostics level that follows what happens now, not what happened once)."""
 
-    def __init__(self):
+    def __init__(self, window_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self._clock = clock
         self._counts: collections.Counter[str] = collections.Counter()
+        self._events: collections.deque[tuple[float, str, int]] = collections.deque()
         self._lock = threading.Lock()
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase ``name`` by ``amount``."""
+        now = self._clock()
         with self._lock:
             self._counts[name] += amount
+            self._events.append((now, name, amount))
+            self._trim(now)
 
     def snapshot(self) -> dict[str, int]:
-        """A copy of all counts."""
+        """A copy of all counts since start."""
         with self._lock:
             return dict(self._counts)
+
+    def recent(self) -> dict[str, int]:
+        """Counts of the last ``window_s`` seconds."""
+        now = self._clock()
+        with self._lock:
+            self._trim(now)
+            counts: collections.Counter[str] = collections.Counter()
+            for _, name, amount in self._events:
+                counts[name] += amount
+            return dict(counts)
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self.window_s:
+            self._events.popleft()

@@ -1,0 +1,230 @@
+"""Plain-Python helpers of the launch files (no launch or rclpy imports, so they behave the same under every
+distribution's launch packages, and tests call them directly): node parameters as launch arguments, the inputs'
+remappings, the RViz config for the launched topics, and whether Fast DDS supports ``FASTDDS_BUILTIN_TRANSPORTS``."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from .topics import CameraTopics, resolve, sibling_camera_info
+
+
+# --------------------------------------------------------------------------------------------------- parameters
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def parameter_defaults(params_yaml: str) -> dict[str, Any]:
+    """``name -> default`` (dotted names) of a node parameter file in the ``/**: ros__parameters:`` form."""
+    with open(params_yaml, encoding="utf-8") as f:
+        return _flatten(yaml.safe_load(f)["/**"]["ros__parameters"])
+
+
+def node_parameters(params_file: str, node_name: str, namespace: str) -> dict[str, Any]:
+    """The parameters a params file gives this node, by the rules of ROS 2 params files: ``/**`` and the node's
+    name, bare or fully qualified (later sections win)."""
+    with open(params_file, encoding="utf-8") as f:
+        sections = yaml.safe_load(f) or {}
+    ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    names = ("/**", node_name, f"/{node_name}", f"{ns}/{node_name}", f"{ns.lstrip('/')}/{node_name}")
+    out: dict[str, Any] = {}
+    for key, section in sections.items():
+        if key in names and isinstance(section, dict):
+            out.update(_flatten(section.get("ros__parameters", {})))
+    return out
+
+
+def _is(value: Any, kind: type) -> bool:
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def parameter_value(name: str, text: str, default: Any) -> Any:
+    """The text of launch argument ``name`` as a value of the type of the parameter's ``default`` (YAML syntax
+    for booleans, numbers and lists, as ``ros2 param set`` takes them); ValueError naming the argument if it is not
+    one."""
+    if isinstance(default, str):
+        return text
+    value = yaml.safe_load(text)
+    kind = (type(default[0]) if default else str) if isinstance(default, list) else type(default)
+    values = (value if isinstance(value, list) else [value]) if isinstance(default, list) else [value]
+    if kind is str:
+        values = ["" if v is None else str(v) for v in values]
+    if not all(_is(v, kind) for v in values):
+        raise ValueError(f"launch argument {name}:={text!r} is not a {type(default).__name__} like its default "
+                         f"{default!r}")
+    if kind is float:
+        values = [float(v) for v in values]
+    return values if isinstance(default, list) else values[0]
+
+
+def parameter_overrides(texts: dict[str, str], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Typed values of the parameter arguments that were given (non-empty); the others leave the params file's."""
+    return {name: parameter_value(name, text, defaults[name]) for name, text in texts.items() if text != ""}
+
+
+# ------------------------------------------------------------------------------------------------------ topics
+def yaml_list(name: str, text: str) -> list[str]:
+    """A launch argument holding a YAML list of strings ('' = empty)."""
+    value = yaml.safe_load(text) if text.strip() else []
+    value = value if isinstance(value, list) else [value]
+    return ["" if v is None else str(v) for v in value]
+
+
+def yaml_mapping(name: str, text: str) -> dict[str, str]:
+    """A launch argument holding a YAML mapping of strings ('' = empty)."""
+    value = yaml.safe_load(text) if text.strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"launch argument {name}:={text!r} is not a YAML mapping like {{from: to}}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def input_remappings(cameras: list[str], image_topics: list[str],
+                     camera_info_topics: list[str]) -> list[tuple[str, str]]:
+    """Remapping rules for each camera's image, image/compressed and camera_info. '' keeps the node's own name for
+    the image; '' for camera_info means the camera_info next to the (remapped) image, as image_pipeline does."""
+    for name, topics in (("image_topics", image_topics), ("camera_info_topics", camera_info_topics)):
+        if topics and len(topics) != len(cameras):
+            raise ValueError(f"{name} has {len(topics)} entries for {len(cameras)} cameras {cameras}")
+    rules = []
+    for i, camera in enumerate(cameras):
+        names = CameraTopics(camera)
+        image = image_topics[i] if image_topics and image_topics[i] else ""
+        info = camera_info_topics[i] if camera_info_topics and camera_info_topics[i] else ""
+        if image:
+            rules += [(names.image, image), (names.compressed, f"{image}/compressed")]
+        if info or image:
+            rules.append((names.camera_info, info or sibling_camera_info(image)))
+    return rules
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """The absolute topics RViz shows for one camera."""
+
+    label: str
+    image: str
+    colored_mask: str
+    overlay: str
+    markers: str
+
+
+def camera_views(cameras: list[str], namespace: str, node_name: str, remappings: list[tuple[str, str]],
+                 compressed: bool) -> list[CameraView]:
+    """Where each camera's input and displayed outputs end up under this namespace and these remappings."""
+    views = []
+    for camera in cameras:
+        names = CameraTopics(camera)
+
+        def topic(name: str) -> str:
+            return resolve(name, namespace, node_name, remappings)
+
+        views.append(CameraView(camera.strip("/") or "camera", topic(names.compressed if compressed else names.image),
+                                topic(names.output("colored_mask")), topic(names.output("overlay")),
+                                topic(names.output("detection_markers"))))
+    return views
+
+
+def _qos(depth: int, reliable: bool) -> dict:
+    return {"Depth": depth, "Durability Policy": "Volatile", "History Policy": "Keep Last",
+            "Reliability Policy": "Reliable" if reliable else "Best Effort"}
+
+
+def _image_display(name: str, topic: str, reliable: bool) -> dict:
+    return {"Class": "rviz_default_plugins/Image", "Enabled": True, "Max Value": 1, "Median window": 5,
+            "Min Value": 0, "Name": name, "Normalize Range": True,
+            "Topic": dict(_qos(5 if reliable else 1, reliable), Value=topic), "Value": True}
+
+
+def rviz_config(template: dict, views: list[CameraView], fixed_frame: str) -> dict:
+    """``template`` (an .rviz file's YAML) with one set of displays per camera: the camera image, the colored mask,
+    the overlay and the detection markers, on these topics, and ``fixed_frame`` (the markers' frame is the image's
+    frame_id)."""
+    config = yaml.safe_load(yaml.safe_dump(template))  # deep copy
+    displays, panels = [], {}
+    for view in views:
+        prefix = f"{view.label}: " if len(views) > 1 else ""
+        images = [(f"{prefix}Camera", view.image, False),
+                  (f"{prefix}Segmentation (colored mask)", view.colored_mask, True),
+                  (f"{prefix}Overlay (mask + boxes)", view.overlay, True)]
+        displays += [_image_display(name, topic, reliable) for name, topic, reliable in images]
+        displays.append({"Class": "rviz_default_plugins/MarkerArray", "Enabled": True,
+                         "Name": f"{prefix}Detection markers", "Namespaces": {},
+                         "Topic": dict(_qos(5, True), Value=view.markers), "Value": True})
+        panels.update({name: {"collapsed": False} for name, _, _ in images})
+    manager = config["Visualization Manager"]
+    manager["Displays"] = displays
+    manager["Global Options"]["Fixed Frame"] = fixed_frame
+    geometry = config["Window Geometry"]
+    config["Window Geometry"] = {k: v for k, v in geometry.items() if not isinstance(v, dict)} | panels
+    return config
+
+
+def write_rviz_config(template_path: str, views: list[CameraView], fixed_frame: str) -> str:
+    """Write the RViz config for ``views`` into a fresh temporary directory; return its path."""
+    with open(template_path, encoding="utf-8") as f:
+        config = rviz_config(yaml.safe_load(f), views, fixed_frame)
+    path = os.path.join(tempfile.mkdtemp(prefix="vltseg_rviz_"), "vltseg.rviz")
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- Fast DDS
+def fastdds_version(prefixes: Iterable[str]) -> Optional[tuple[int, int, int]]:
+    """Version of the Fast DDS installed under the first of ``prefixes`` that has one (its CMake package version
+    file, or the ROS package.xml of fastrtps/fastdds)."""
+    for prefix in prefixes:
+        for name in ("fastdds", "fastrtps"):
+            share = os.path.join(prefix, "share", name)
+            for path, pattern in ((os.path.join(share, "cmake", f"{name}-config-version.cmake"),
+                                   r'set\(PACKAGE_VERSION "(\d+)\.(\d+)\.(\d+)"'),
+                                  (os.path.join(share, "package.xml"), r"<version>(\d+)\.(\d+)\.(\d+)</version>")):
+                if os.path.isfile(path):
+                    with open(path, encoding="utf-8") as f:
+                        match = re.search(pattern, f.read())
+                    if match:
+                        return tuple(int(v) for v in match.groups())
+    return None
+
+
+def supports_builtin_transports(version: Optional[tuple[int, int, int]]) -> bool:
+    """Whether a Fast DDS version reads FASTDDS_BUILTIN_TRANSPORTS: 2.12 and later, and the 2.6.7 (Humble) and
+    2.11.3 backports."""
+    if version is None:
+        return False
+    backports = {(2, 6): (2, 6, 7), (2, 11): (2, 11, 3)}
+    return version >= backports[version[:2]] if version[:2] in backports else version >= (2, 12, 0)
+
+
+def builtin_transports_plan(value: str, rmw: str, version: Optional[tuple[int, int, int]]) -> tuple[bool, str]:
+    """(set it?, what to log) for a ``fastdds_builtin_transports`` launch argument."""
+    if not value:
+        return False, ""
+    if not rmw.startswith("rmw_fastrtps"):
+        return False, f"fastdds_builtin_transports:={value} ignored: the middleware is {rmw}, not Fast DDS"
+    found = ".".join(map(str, version)) if version else "unknown"
+    if not supports_builtin_transports(version):
+        return False, (f"fastdds_builtin_transports:={value} ignored: Fast DDS {found} does not read "
+                       f"FASTDDS_BUILTIN_TRANSPORTS (2.6.7+, 2.11.3+ or 2.12+ do)")
+    return True, f"FASTDDS_BUILTIN_TRANSPORTS={value} for the processes of this launch (Fast DDS {found})"
+
+
+def ament_prefixes() -> list[str]:
+    """Install prefixes to search, as sourcing a ROS 2 setup file sets them, then this Python's environment."""
+    paths = os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
+    paths += os.environ.get("CMAKE_PREFIX_PATH", "").split(os.pathsep)
+    return [p for p in paths if p] + [sys.prefix]
