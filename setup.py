@@ -50,7 +50,7 @@ setup(
             "vltseg_eval_node = vltseg_ros.node.evaluator:main",
         ],
         "vltseg.commands": [
-            "synth = training.synth",
+            "synth = vltseg_ros.synth.cli",
             "train = training.train",
             "eval = training.evaluate",
             "bag = training.bag_cli",

@@ -1,4 +1,4 @@
-"""Procedural domain-shift benchmark (training.synth): determinism, exact labels, Cityscapes layout, domain gap."""
+"""Procedural domain-shift benchmark (vltseg_ros.synth): determinism, exact labels, Cityscapes layout, domain gap."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from training import synth
+from vltseg_ros import synth
 from vltseg_ros.labels import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_PALETTE, lookup_table
+from vltseg_ros.synth.cli import add_arguments, run
+from vltseg_ros.synth.frame import boxed_instances
 
 SIZE = (96, 192)  # small frames keep the suite fast; the scene content does not depend on the size
 LUT = lookup_table(CITYSCAPES_ID_TO_TRAINID)
@@ -91,7 +93,7 @@ def test_small_instances_get_no_box_and_keep_their_labels():
     instance_ids[2:12, 3:13] = car * 1000  # 10x10: boxed
     instance_ids[20:40, 30:30 + synth.MIN_BOX_SIDE - 1] = person * 1000 + 1  # too narrow: no box
     instance_ids[20:40, 50:50 + synth.MIN_BOX_SIDE] = person * 1000 + 2  # just wide enough
-    kept, boxes, train_ids = synth._boxed_instances(instance_ids)
+    kept, boxes, train_ids = boxed_instances(instance_ids)
     np.testing.assert_array_equal(boxes, [[50, 20, 58, 40], [3, 2, 13, 12]])  # by instance id
     np.testing.assert_array_equal(train_ids, [LUT[person], LUT[car]])
     assert (kept[20:40, 30:37] == person).all()  # a crowd-like region: the bare labelId, as Cityscapes writes it
@@ -205,21 +207,21 @@ def test_write_benchmark_writes_source_and_targets_with_disjoint_seeds(tmp_path)
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    synth.add_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_cli_writes_one_split(tmp_path, capsys):
     args = parse(["--out", str(tmp_path), "--style", "realistic", "--condition", "snow", "--split", "val",
                   "--count", "2", "--size", "64x128", "--seed", "3"])
-    assert synth.run(args) == 0
+    assert run(args) == 0
     assert "val: 2 frames realistic/snow 64x128" in capsys.readouterr().out
     image = cv2.imread(str(tmp_path / "leftImg8bit/val/realistic_snow/realistic_snow_000001_000019_leftImg8bit.png"))
     assert image.shape == (64, 128, 3)
 
 
 def test_cli_writes_the_benchmark(tmp_path, capsys):
-    assert synth.run(parse(["--out", str(tmp_path), "--train", "1", "--val", "1", "--size", "64x128"])) == 0
+    assert run(parse(["--out", str(tmp_path), "--train", "1", "--val", "1", "--size", "64x128"])) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:6]] == ["source"] + [f"target_{c}" for c in synth.CONDITIONS]
     assert (tmp_path / "benchmark.json").is_file()
@@ -229,3 +231,10 @@ def test_cli_writes_the_benchmark(tmp_path, capsys):
 def test_render_frame_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         synth.render_frame(**{"seed": 0, **kwargs})
+
+
+def test_vltseg_synth_is_the_renderer_cli():
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="vltseg.commands") if e.name == "synth"]
+    assert entry.value == "vltseg_ros.synth.cli" and entry.load().run is run

@@ -27,13 +27,14 @@ from typing import Optional
 
 import torch
 
+from vltseg_ros import synth
 from vltseg_ros.bag import BagWriter, FrameRecord
 from vltseg_ros.checkpoint import load_checkpoint
 from vltseg_ros.precision import PRECISIONS, describe_device, device_line, resolve_precision
 from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import percent, write_report
 
-from . import bag_cli, synth
+from . import bag_cli
 from .config import config_from_dict
 from .datasets import build_dataset
 from .evaluate import evaluate_dataset
