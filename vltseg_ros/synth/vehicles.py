@@ -20,7 +20,7 @@ def traffic(street: Street) -> None:
     street.occupied.append((cam.x - 1.2, cam.x + 1.2, -6, 4))  # the ego car
     cross_traffic = street.crossing is not None and r.random() < 0.5
     if r.random() < 0.22 and street.n_left > 0:
-        tram(street, )
+        tram(street)
     for side, parked in ((1, street.park_right), (-1, street.park_left)):
         if parked:
             x = street.edge(side) - side * 1.1
