@@ -238,3 +238,36 @@ def test_vltseg_synth_is_the_renderer_cli():
 
     (entry,) = [e for e in entry_points(group="vltseg.commands") if e.name == "synth"]
     assert entry.value == "vltseg_ros.synth.cli" and entry.load().run is run
+
+
+def test_training_crops_apply_the_small_box_rule_to_the_boxes_they_cut():
+    """A box the training crop cuts to under MIN_BOX_SIDE gets none, as one the frame edge cuts gets none."""
+    from training.transforms import TrainTransform
+
+    image = np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (32, 1, 3))  # pixel value = column
+    sample = {"image": image, "label": np.zeros((32, 64), np.uint8), "boxes": np.array([[2, 4, 12, 28]], np.float32),
+              "box_labels": np.array([13]), "name": "x"}
+    transform = TrainTransform((32, 32), cat_max_ratio=1.0, flip_prob=0.0, photometric=False)
+    cut = []
+    for seed in range(40):
+        out = transform(sample, np.random.default_rng(seed))
+        visible = 12 - max(2, int(out["image"][0, 0, 0]))  # columns of the box left of the crop's right edge
+        assert len(out["boxes"]) == int(visible >= synth.MIN_BOX_SIDE), visible
+        cut.append(0 < visible < synth.MIN_BOX_SIDE)
+    assert any(cut)  # some crop cut the box to a sliver
+
+
+def test_write_benchmark_renders_only_the_named_splits(tmp_path):
+    """The demo renders the source training split first and every val split while it trains."""
+    def frames():
+        return sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*_leftImg8bit.png"))
+
+    args = dict(train=2, val=1, height=SIZE[0], width=SIZE[1], seed=5)
+    synth.write_benchmark(str(tmp_path), **args, splits=("train",))
+    assert frames() == [f"source/leftImg8bit/train/synthetic_clear/synthetic_clear_00000{i}_000019_leftImg8bit.png"
+                        for i in range(2)]
+    whole = json.loads((tmp_path / "benchmark.json").read_text())
+    assert whole["domains"]["target_fog"]["splits"] == {"val": {"count": 1, "first_seed": 8}}
+    synth.write_benchmark(str(tmp_path), **args, splits=("val",))
+    assert len(frames()) == 2 + 1 + len(synth.CONDITIONS)
+    assert json.loads((tmp_path / "benchmark.json").read_text()) == whole

@@ -18,7 +18,7 @@ def pedestrians(street: Street) -> None:
     for side in (-1, 1):
         x_in = street.edge(side) + side * street.verge[side]
         for _ in range(int(r.poisson(r.uniform(1.5, 9)))):
-            z = r.uniform(2, 70)
+            z = r.uniform(2, street.thing_depth)
             if street.in_crossing(z, z, 1):
                 continue
             x = x_in + side * r.uniform(0.4, street.sidewalk[side] - 0.3)

@@ -19,13 +19,13 @@ def traffic(street: Street) -> None:
     cam = street.cam
     street.occupied.append((cam.x - 1.2, cam.x + 1.2, -6, 4))  # the ego car
     cross_traffic = street.crossing is not None and r.random() < 0.5
-    if r.random() < 0.22 and street.n_left > 0:
+    if r.random() < 0.35 and street.n_left > 0:
         tram(street)
     for side, parked in ((1, street.park_right), (-1, street.park_left)):
         if parked:
             x = street.edge(side) - side * 1.1
             z = r.uniform(2, 10)
-            while z < street.z_far * 0.7:
+            while z < min(street.z_far * 0.7, street.thing_depth):
                 kind = r.choice(["car", "van", "pickup", "empty"], p=[0.66, 0.1, 0.06, 0.18])
                 length = {"car": r.uniform(3.8, 4.9), "van": r.uniform(4.8, 5.6), "pickup": r.uniform(5.0, 5.8),
                           "empty": r.uniform(3, 10)}[kind]
@@ -39,9 +39,9 @@ def traffic(street: Street) -> None:
     street.scene.wheel_tracks = [x + s * 0.8 for x, _ in lanes for s in (-1, 1)]
     for x, heading in lanes:
         z = r.uniform(5, 25)
-        while z < street.z_far * 0.85:
+        while z < min(street.z_far * 0.85, street.thing_depth):
             kind = r.choice(["car", "van", "truck", "pickup", "bus", "motorcycle"],
-                            p=[0.66, 0.08, 0.06, 0.04, 0.08, 0.08])
+                            p=[0.6, 0.08, 0.06, 0.04, 0.08, 0.14])
             length = {"car": r.uniform(3.8, 4.9), "van": r.uniform(4.8, 5.6), "truck": r.uniform(7, 10),
                       "pickup": r.uniform(5.0, 5.8), "bus": r.uniform(10, 13), "motorcycle": 2.1}[kind]
             blocked = cross_traffic and street.in_crossing(z, z + length, 3)
@@ -53,7 +53,7 @@ def traffic(street: Street) -> None:
                     vehicle(street, kind, xx, z + length / 2, heading + r.normal(0, 0.02), length)
             z += length + r.uniform(4, 35)
     # cyclists along the right edge of the carriageway
-    for _ in range(int(r.poisson(0.9))):
+    for _ in range(int(r.poisson(1.6))):
         x = street.x_right - 2.2 * street.park_right - r.uniform(0.6, 1.0)
         z = r.uniform(5, 45)
         if street.free(x - 0.4, x + 0.4, z - 1, z + 1):
@@ -255,7 +255,7 @@ def two_wheeler(street: Street, base: np.ndarray, motor: bool, heading: float,
 def parked_bicycles(street: Street) -> None:
     """Bicycles without riders on the sidewalks, seen from the side."""
     r = street.rng
-    for _ in range(int(r.poisson(0.5))):
+    for _ in range(int(r.poisson(1.0))):
         side = r.choice([-1, 1])
         x = street.building_line[side] - side * r.uniform(0.4, 1.0)
         two_wheeler(street, np.array([x, street.curb, r.uniform(3, 40)]), motor=False,

@@ -90,24 +90,27 @@ def write_split(root: str, split: str, count: int, seed: int, height: int, width
 
 
 def write_benchmark(root: str, train: int = 300, val: int = 60, height: int = 256, width: int = 512, seed: int = 0,
-                    workers: int = 1, progress: bool = False) -> dict[str, str]:
+                    workers: int = 1, progress: bool = False,
+                    splits: Sequence[str] = ("train", "val")) -> dict[str, str]:
     """Write the source domain (synthetic/clear train + val) and realistic target domains (val, one per condition).
 
     Target seeds start after the source's and are shared by all target conditions, so the targets show the same
-    scenes in different weather. Returns {domain name: dataset root}; root/benchmark.json describes the layout.
+    scenes in different weather. Only the splits named in ``splits`` are rendered (the demo renders ``train`` first
+    and the ``val`` splits while it trains). Returns {domain name: dataset root}; root/benchmark.json describes the
+    whole benchmark.
     """
     domains = {"source": ("synthetic", "clear", {"train": (train, seed), "val": (val, seed + train)})}
     target_seed = seed + train + val
     for condition in CONDITIONS:
         domains[f"target_{condition}"] = ("realistic", condition, {"val": (val, target_seed)})
     roots, summary, jobs = {}, {}, []
-    for name, (style, condition, splits) in domains.items():
+    for name, (style, condition, domain_splits) in domains.items():
         roots[name] = os.path.join(root, name)
         city = f"{style}_{condition}"
         jobs += [_SplitJob(roots[name], split, city, count, first, height, width, style, condition)
-                 for split, (count, first) in splits.items()]
+                 for split, (count, first) in domain_splits.items() if split in splits]
         summary[name] = {"root": name, "style": style, "condition": condition, "city": city,
-                         "splits": {s: {"count": c, "first_seed": fs} for s, (c, fs) in splits.items()}}
+                         "splits": {s: {"count": c, "first_seed": fs} for s, (c, fs) in domain_splits.items()}}
     _write_splits(jobs, workers, progress)
     meta = {
         "generator": "vltseg_ros.synth",
