@@ -80,7 +80,7 @@ setup(
             "vltseg_bag_play = vltseg_ros.node.player:main",
         ],
         "vltseg.commands": [
-            "synth = training.synth",
+            "synth = vltseg_ros.synth.cli",
             "train = training.train",
             "eval = training.evaluate",
             "bag = training.bag_cli",

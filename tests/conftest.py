@@ -45,7 +45,7 @@ def rng():
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A tiny synthetic dataset in the Cityscapes layout (train 8, val 4 frames at 64x128, with boxes)."""
-    from training.synth import write_split
+    from vltseg_ros.synth import write_split
 
     root = tmp_path_factory.mktemp("synth")
     write_split(str(root), "train", 8, seed=0, height=64, width=128, style="synthetic")

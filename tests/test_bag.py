@@ -17,7 +17,7 @@ import yaml
 
 from training import bag_cli
 from training.datasets import build_dataset
-from training.synth import render_frame, write_split
+from vltseg_ros.synth import render_frame, write_split
 from vltseg_ros import cli
 from vltseg_ros.bag import (
     DISTRO_VERSIONS,

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from training import synth
 from training.train import det_class_indices
 from vltseg_ros.checkpoint import CheckpointMeta
 from vltseg_ros.config import InferenceConfig, NormalizationConfig, model_preset
 from vltseg_ros.model import build_model
 from vltseg_ros.predictor import Predictor
 from vltseg_ros.report import Scorer
+from vltseg_ros.synth import render_frame
 
 HEIGHT, WIDTH = 128, 256
 ITERATIONS = 150  # AP50 reached 0.99 after 100
@@ -24,7 +24,7 @@ def test_tiny_model_overfits_eight_frames():
     torch.manual_seed(0)
     cfg = model_preset("eva02_tiny", ("seg", "det"))
     model = build_model(cfg).train()
-    frames = [synth.render_frame(seed, HEIGHT, WIDTH) for seed in range(8)]
+    frames = [render_frame(seed, HEIGHT, WIDTH) for seed in range(8)]
     norm = NormalizationConfig()
     images = torch.stack([torch.from_numpy(f.image).permute(2, 0, 1).float() for f in frames])
     images = (images - torch.tensor(norm.mean).view(1, 3, 1, 1)) / torch.tensor(norm.std).view(1, 3, 1, 1)

@@ -75,7 +75,7 @@ def test_predictor_resolves_auto_by_default(cpu_reports, tiny_checkpoint, facts,
 
 def test_trainer_prints_and_records_the_resolved_precision(cpu_reports, tmp_path, capsys):
     from training.config import config_from_dict
-    from training.synth import write_split
+    from vltseg_ros.synth import write_split
     from training.train import Trainer
 
     cpu_reports(AVX2_ONLY)

@@ -1,4 +1,4 @@
-"""Procedural domain-shift benchmark (training.synth): determinism, exact labels, Cityscapes layout, domain gap."""
+"""Procedural domain-shift benchmark (vltseg_ros.synth): determinism, exact labels, Cityscapes layout, domain gap."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from training import synth
+from vltseg_ros import synth
 from vltseg_ros.labels import CITYSCAPES_ID_TO_TRAINID, CITYSCAPES_PALETTE, lookup_table
+from vltseg_ros.synth.cli import add_arguments, run
+from vltseg_ros.synth.frame import boxed_instances
 
 SIZE = (96, 192)  # small frames keep the suite fast; the scene content does not depend on the size
 LUT = lookup_table(CITYSCAPES_ID_TO_TRAINID)
@@ -91,7 +93,7 @@ def test_small_instances_get_no_box_and_keep_their_labels():
     instance_ids[2:12, 3:13] = car * 1000  # 10x10: boxed
     instance_ids[20:40, 30:30 + synth.MIN_BOX_SIDE - 1] = person * 1000 + 1  # too narrow: no box
     instance_ids[20:40, 50:50 + synth.MIN_BOX_SIDE] = person * 1000 + 2  # just wide enough
-    kept, boxes, train_ids = synth._boxed_instances(instance_ids)
+    kept, boxes, train_ids = boxed_instances(instance_ids)
     np.testing.assert_array_equal(boxes, [[50, 20, 58, 40], [3, 2, 13, 12]])  # by instance id
     np.testing.assert_array_equal(train_ids, [LUT[person], LUT[car]])
     assert (kept[20:40, 30:37] == person).all()  # a crowd-like region: the bare labelId, as Cityscapes writes it
@@ -205,21 +207,21 @@ def test_write_benchmark_writes_source_and_targets_with_disjoint_seeds(tmp_path)
 
 def parse(argv):
     parser = argparse.ArgumentParser()
-    synth.add_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_cli_writes_one_split(tmp_path, capsys):
     args = parse(["--out", str(tmp_path), "--style", "realistic", "--condition", "snow", "--split", "val",
                   "--count", "2", "--size", "64x128", "--seed", "3"])
-    assert synth.run(args) == 0
+    assert run(args) == 0
     assert "val: 2 frames realistic/snow 64x128" in capsys.readouterr().out
     image = cv2.imread(str(tmp_path / "leftImg8bit/val/realistic_snow/realistic_snow_000001_000019_leftImg8bit.png"))
     assert image.shape == (64, 128, 3)
 
 
 def test_cli_writes_the_benchmark(tmp_path, capsys):
-    assert synth.run(parse(["--out", str(tmp_path), "--train", "1", "--val", "1", "--size", "64x128"])) == 0
+    assert run(parse(["--out", str(tmp_path), "--train", "1", "--val", "1", "--size", "64x128"])) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:6]] == ["source"] + [f"target_{c}" for c in synth.CONDITIONS]
     assert (tmp_path / "benchmark.json").is_file()
@@ -229,3 +231,43 @@ def test_cli_writes_the_benchmark(tmp_path, capsys):
 def test_render_frame_rejects_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         synth.render_frame(**{"seed": 0, **kwargs})
+
+
+def test_vltseg_synth_is_the_renderer_cli():
+    from importlib.metadata import entry_points
+
+    (entry,) = [e for e in entry_points(group="vltseg.commands") if e.name == "synth"]
+    assert entry.value == "vltseg_ros.synth.cli" and entry.load().run is run
+
+
+def test_training_crops_apply_the_small_box_rule_to_the_boxes_they_cut():
+    """A box the training crop cuts to under MIN_BOX_SIDE gets none, as one the frame edge cuts gets none."""
+    from training.transforms import TrainTransform
+
+    image = np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (32, 1, 3))  # pixel value = column
+    sample = {"image": image, "label": np.zeros((32, 64), np.uint8), "boxes": np.array([[2, 4, 12, 28]], np.float32),
+              "box_labels": np.array([13]), "name": "x"}
+    transform = TrainTransform((32, 32), cat_max_ratio=1.0, flip_prob=0.0, photometric=False)
+    cut = []
+    for seed in range(40):
+        out = transform(sample, np.random.default_rng(seed))
+        visible = 12 - max(2, int(out["image"][0, 0, 0]))  # columns of the box left of the crop's right edge
+        assert len(out["boxes"]) == int(visible >= synth.MIN_BOX_SIDE), visible
+        cut.append(0 < visible < synth.MIN_BOX_SIDE)
+    assert any(cut)  # some crop cut the box to a sliver
+
+
+def test_write_benchmark_renders_only_the_named_splits(tmp_path):
+    """The demo renders the source training split first and every val split while it trains."""
+    def frames():
+        return sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*_leftImg8bit.png"))
+
+    args = dict(train=2, val=1, height=SIZE[0], width=SIZE[1], seed=5)
+    synth.write_benchmark(str(tmp_path), **args, splits=("train",))
+    assert frames() == [f"source/leftImg8bit/train/synthetic_clear/synthetic_clear_00000{i}_000019_leftImg8bit.png"
+                        for i in range(2)]
+    whole = json.loads((tmp_path / "benchmark.json").read_text())
+    assert whole["domains"]["target_fog"]["splits"] == {"val": {"count": 1, "first_seed": 8}}
+    synth.write_benchmark(str(tmp_path), **args, splits=("val",))
+    assert len(frames()) == 2 + 1 + len(synth.CONDITIONS)
+    assert json.loads((tmp_path / "benchmark.json").read_text()) == whole

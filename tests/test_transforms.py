@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from training.transforms import EvalTransform, TrainTransform, collate
+from vltseg_ros.synth import MIN_BOX_SIDE
 
 
 def _sample(height: int = 32, width: int = 64, boxes=((10, 4, 20, 12),), seed: int = 0) -> dict:
@@ -65,14 +66,14 @@ def test_flip_mirrors_image_label_and_boxes():
 
 
 def test_boxes_are_cropped_clipped_and_dropped_outside_the_crop():
-    wide, far_right, thin = (0, 2, 128, 30), (100, 5, 110, 25), (5, 5, 6, 25)  # thin: 1 px < min_box_size
+    wide, far_right, thin = (0, 2, 128, 30), (100, 5, 110, 25), (5, 5, 6, 25)  # thin: 1 px < MIN_BOX_SIDE
     transform = _geometric((32, 32), cat_max_ratio=1.0)
     for seed in range(20):
         out = transform(_column_sample(32, 128, (wide, far_right, thin)), np.random.default_rng(seed))
         x0 = int(out["image"][0, 0, 0])
         expected = [[0, 2, 32, 30]]
         right_x1, right_x2 = max(100 - x0, 0), min(110 - x0, 32)
-        if right_x2 - right_x1 >= 2:
+        if right_x2 - right_x1 >= MIN_BOX_SIDE:
             expected.append([right_x1, 5, right_x2, 25])
         np.testing.assert_array_equal(out["boxes"], expected, err_msg=f"crop at x={x0}")
         np.testing.assert_array_equal(out["box_labels"], [11, 12][: len(expected)])

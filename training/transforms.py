@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from vltseg_ros.labels import IGNORE_INDEX
+from vltseg_ros.synth import MIN_BOX_SIDE
 
 # mmseg PhotoMetricDistortion defaults. Hue is in OpenCV 8-bit units (2 degrees each).
 _BRIGHTNESS_DELTA = 32.0
@@ -117,13 +118,14 @@ class TrainTransform:
     ``Resize(scale, keep_ratio=False)``, or None to keep the input size. A crop is accepted, as in mmseg, when it
     holds at least two non-ignore classes and the largest covers less than ``cat_max_ratio`` of them; after
     ``_CROP_RETRIES`` rejected crops the next random one is taken unchecked. Boxes are cropped, clipped and
-    flipped with the image and dropped when a side is shorter than ``min_box_size`` pixels; padding (bottom and
-    right) fills the image with 0 and the label with ``ignore_index``.
+    flipped with the image and dropped when a side is shorter than ``min_box_size`` pixels (the small-box
+    convention, ``vltseg_ros.synth.MIN_BOX_SIDE``: a box the crop cuts to a sliver gets none, as one the frame edge
+    cuts does); padding (bottom and right) fills the image with 0 and the label with ``ignore_index``.
     """
 
     def __init__(self, crop_size: tuple[int, int], resize: Optional[tuple[int, int]] = None,
                  cat_max_ratio: float = 0.75, flip_prob: float = 0.5, photometric: bool = True,
-                 ignore_index: int = IGNORE_INDEX, min_box_size: float = 2.0):
+                 ignore_index: int = IGNORE_INDEX, min_box_size: float = MIN_BOX_SIDE):
         if len(crop_size) != 2 or min(crop_size) <= 0:
             raise ValueError(f"crop_size must be two positive ints (H, W), got {crop_size}")
         if resize is not None and (len(resize) != 2 or min(resize) <= 0):

@@ -269,7 +269,7 @@ def model_preset(name: str, heads: tuple[str, ...] = ("seg",)) -> ModelConfig:
         ) if tiny else SegHeadConfig()
     if "det" in heads:
         # Anchors one octave below the paper's 32-512: the tiny model runs at 256x512, a quarter of the paper's
-        # area, where boxes are 8-130 px (synth.MIN_BOX_SIDE and up) and 32 px anchors miss the smaller half.
+        # area, where boxes are 8-130 px (vltseg_ros.synth.MIN_BOX_SIDE and up) and 32 px anchors miss the smaller half.
         # loss_weight 15 brings the detection losses to the size of Mask2Former's: on the demo's schedule it raised
         # source AP50 from 7 to 12 at equal mIoU (weights 5 and 30 gave 11 and 10).
         det = DetHeadConfig(
