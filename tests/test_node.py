@@ -240,7 +240,7 @@ def test_parameter_validation(ros, checkpoint):
         assert not node.set_parameters([Parameter("precision", value="fp16")])[0].successful  # read-only
         result = node.set_parameters([Parameter("class_filter", value=["car", "person"])])[0]
         assert result.successful
-        assert node._keep_det_ids == {11, 13}
+        assert node.predictor._kept_ids.tolist() == [11, 13]  # the predictor owns the class filter
         assert node.set_parameters([Parameter("score_threshold", value=0.9)])[0].successful
         assert node.predictor.score_threshold == 0.9
     finally:

@@ -1,5 +1,6 @@
 """One evaluation loop for every source of frames: datasets (``vltseg eval``, training-time validation), bags
-(``vltseg bag eval``, the demo). Online evaluation scores the node's published outputs with the same ``Scorer``.
+(``vltseg bag eval``, the demo). The online evaluator node scores the node's published outputs with the same
+per-frame step, ``score``, so online and offline numbers agree.
 
 A frame is anything with ``image`` (HxWx3 uint8 RGB) and optional ground truth ``label`` (HxW trainIds),
 ``boxes`` (Nx4 xyxy) and ``box_class_ids`` (N trainIds): a bag's ``FrameRecord``, or ``dataset_frame`` of a
@@ -26,9 +27,9 @@ class Frame(Protocol):
 
 
 class DatasetFrame(NamedTuple):
-    """A dataset sample as a frame."""
+    """A dataset sample as a frame, or ground truth received without its image (``image`` None)."""
 
-    image: np.ndarray
+    image: Optional[np.ndarray]
     label: Optional[np.ndarray]
     boxes: Optional[np.ndarray]
     box_class_ids: Optional[np.ndarray]
@@ -42,6 +43,14 @@ def dataset_frame(sample: dict) -> DatasetFrame:
 def scorer_for(predictor: Predictor) -> Scorer:
     """An empty Scorer for the predictor's classes (box AP over its detection classes, in its class-id space)."""
     return Scorer(predictor.meta.model.classes, predictor.detection_classes or None)
+
+
+def score(scorer: Scorer, frame: Frame, prediction: Prediction, latency_s: Optional[float],
+          key: Optional[int] = None, size: Optional[tuple[int, int]] = None) -> None:
+    """Add one predicted frame to ``scorer``. ``size`` (H, W) is the image's when ``frame.image`` is absent."""
+    height, width = size if size is not None else frame.image.shape[:2]
+    scorer.add(prediction.label_map, frame.label, prediction.boxes, prediction.box_scores, prediction.box_class_ids,
+               frame.boxes, frame.box_class_ids, height, width, latency_s=latency_s, key=key)
 
 
 OnFrame = Callable[[int, Frame, Prediction, float], None]
@@ -58,9 +67,7 @@ def evaluate(predictor: Predictor, frames: Iterable[tuple[int, Frame]], scorer: 
         started = time.perf_counter()
         result = predictor.predict([frame.image], image_format="RGB")[0]
         latency = time.perf_counter() - started
-        height, width = frame.image.shape[:2]
-        scorer.add(result.label_map, frame.label, result.boxes, result.box_scores, result.box_class_ids,
-                   frame.boxes, frame.box_class_ids, height, width, latency_s=latency, key=key)
+        score(scorer, frame, result, latency, key=key)
         if on_frame is not None:
             on_frame(key, frame, result, latency)
     return scorer

@@ -1,18 +1,19 @@
 """Reading one camera's frames, with the ground truth of the same stamp, from a bag (streamed, bounded memory)."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import cv2
 import numpy as np
-# Not re-exported by the package; the public image_to_cvimage ignores ``step`` row padding, so use its parts.
-from rosbags.image.image import convert_color, to_cvtype
+# Not re-exported by rosbags.image's package (whose image_to_cvimage ignores ``step`` row padding).
+from rosbags.image.image import convert_color
 
+from .. import codec
+from ..codec import DETECTIONS, IMAGE, CodecError
 from .recovery import STORAGE_DAMAGE, open_messages, open_reader, read_metadata, storage_files
-from .topics import DETECTIONS, IMAGE, STORAGE_SUFFIXES, BagError, FrameRecord, cameras, make_typestore, select_camera
+from .topics import STORAGE_SUFFIXES, BagError, FrameRecord, cameras, make_typestore, select_camera
 
 # Ground truth is joined to its image by header stamp. A frame waits for missing ground truth at most this long in
 # bag time, and at most this many newer frames may be held meanwhile: that bounds memory on any bag.
@@ -20,23 +21,13 @@ _REORDER_NS = 1_000_000_000
 _REORDER_FRAMES = 8
 
 
-def _stamp_ns(msg: Any) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-
-
-def _image_array(msg: Any) -> np.ndarray:
-    """HxW or HxWxC array of a raw Image, honouring ``step`` row padding and byte order (a view of msg.data)."""
-    _, _, typestr, channels = to_cvtype(msg.encoding)
-    dtype = np.dtype(typestr)
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = width * channels * dtype.itemsize
-    if step < row_bytes or len(msg.data) < height * step:
-        raise BagError(f"malformed {msg.encoding} image {width}x{height}: step {step}, {len(msg.data)} bytes")
-    rows = np.frombuffer(msg.data, np.uint8, count=height * step).reshape(height, step)[:, :row_bytes]
-    array = rows.view(dtype).reshape((height, width) if channels == 1 else (height, width, channels))
-    if dtype.itemsize > 1 and bool(msg.is_bigendian) != (sys.byteorder == "big"):
-        array = array.byteswap()
-    return array
+def _rosbags_image(msg: Any) -> tuple[np.ndarray, str]:
+    """The codec's fallback for encodings outside its common set (bayer, yuv422, 16-bit, ...): rosbags-image."""
+    image = codec.image_array(msg)
+    try:
+        return convert_color(image, msg.encoding, "rgb8"), "RGB"
+    except Exception as exc:  # rosbags-image raises its own error types
+        raise CodecError("encoding", f"cannot convert encoding {msg.encoding!r}: {exc}") from exc
 
 
 def _owned(array: np.ndarray) -> np.ndarray:
@@ -45,37 +36,9 @@ def _owned(array: np.ndarray) -> np.ndarray:
 
 
 def _image_rgb(msg: Any) -> np.ndarray:
-    """HxWx3 uint8 RGB of an Image (any encoding rosbags-image converts) or CompressedImage (JPEG/PNG)."""
-    if hasattr(msg, "format"):
-        bgr = cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise BagError(f"cannot decode {len(msg.data)}-byte compressed image (format {msg.format!r})")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return _owned(convert_color(_image_array(msg), msg.encoding, "rgb8"))
-
-
-def _label_array(msg: Any) -> np.ndarray:
-    """HxW uint8 trainIds of a mono8 label Image."""
-    if msg.encoding not in ("mono8", "8UC1"):
-        raise BagError(f"ground-truth label must be mono8, got {msg.encoding!r}")
-    return _owned(_image_array(msg))
-
-
-def _detection_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(Nx4 float32 xyxy, N int64 trainIds) of a ground-truth Detection2DArray (first hypothesis per box)."""
-    boxes, class_ids = [], []
-    for det in msg.detections:
-        if not det.results:
-            raise BagError("ground-truth detection without a class hypothesis")
-        class_id = det.results[0].hypothesis.class_id
-        try:
-            class_ids.append(int(class_id))
-        except ValueError:
-            raise BagError(f"ground-truth class_id must be a trainId, got {class_id!r}") from None
-        cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
-        half_w, half_h = det.bbox.size_x / 2, det.bbox.size_y / 2
-        boxes.append((cx - half_w, cy - half_h, cx + half_w, cy + half_h))
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(class_ids, np.int64)
+    """HxWx3 uint8 RGB of an Image or a CompressedImage (JPEG/PNG)."""
+    image, order = codec.compressed_colour(msg) if hasattr(msg, "format") else codec.image_colour(msg, _rosbags_image)
+    return _owned(cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if order == "BGR" else image)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -102,7 +65,7 @@ class _FrameAssembler:
 
     def add(self, kind: str, msg: Any, bag_time: int) -> Iterator[FrameRecord]:
         """Take one message ("image", "label" or "detections"); yields the frames it completes or pushes out."""
-        stamp = _stamp_ns(msg)
+        stamp = codec.stamp_ns(msg)
         if getattr(self.pending.get(stamp), kind, None) is not None:
             # A second message of this kind for the stamp: the first frame is as complete as it gets.
             yield from self._pop_while(lambda s, _: s <= stamp)
@@ -136,14 +99,17 @@ class _FrameAssembler:
 
 def _frame(stamp: int, partial: _Partial) -> FrameRecord:
     """Convert one stamp's messages to a FrameRecord."""
-    image = _image_rgb(partial.image)
     label = boxes = class_ids = None
-    if partial.label is not None:
-        label = _label_array(partial.label)
-        if label.shape != image.shape[:2]:
-            raise BagError(f"label {label.shape} and image {image.shape[:2]} sizes differ at stamp {stamp}")
-    if partial.detections is not None:
-        boxes, class_ids = _detection_arrays(partial.detections)
+    try:
+        image = _image_rgb(partial.image)
+        if partial.label is not None:
+            label = codec.label_array(partial.label)
+        if partial.detections is not None:
+            boxes, class_ids, _ = codec.detection_arrays(partial.detections)
+    except CodecError as exc:
+        raise BagError(f"unusable message at stamp {stamp}: {exc}") from exc
+    if label is not None and label.shape != image.shape[:2]:
+        raise BagError(f"label {label.shape} and image {image.shape[:2]} sizes differ at stamp {stamp}")
     return FrameRecord(stamp_ns=stamp, frame_id=partial.image.header.frame_id, image=image, label=label,
                        boxes=boxes, box_class_ids=class_ids)
 

@@ -22,6 +22,8 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from ..codec import COMPRESSED_IMAGE, IMAGE
+
 STORAGES = ("mcap", "sqlite3")
 DISTRO_VERSIONS = {"humble": 8, "iron": 8, "jazzy": 9, "kilted": 9, "rolling": 9}
 """rosbag2 metadata version each distribution reads (v9 changed the QoS serialisation, Jazzy onwards)."""
@@ -31,10 +33,7 @@ _STORES = {"humble": Stores.ROS2_HUMBLE, "iron": Stores.ROS2_IRON, "jazzy": Stor
            "kilted": Stores.ROS2_KILTED, "rolling": Stores.ROS2_LYRICAL}
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-DETECTIONS = "vision_msgs/msg/Detection2DArray"
+
 
 class BagError(RuntimeError):
     """Missing/corrupt/truncated bag or missing topic; message names the problem (and for a

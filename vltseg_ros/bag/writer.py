@@ -7,10 +7,9 @@ import cv2
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
 
-from .topics import (
-    CAMERA_INFO, COMPRESSED_IMAGE, DETECTIONS, DISTRO_VERSIONS, IMAGE, STORAGES, BagError, FrameRecord,
-    make_typestore, topics_for,
-)
+from .. import codec
+from ..codec import CAMERA_INFO, COMPRESSED_IMAGE, DETECTIONS, IMAGE
+from .topics import DISTRO_VERSIONS, STORAGES, BagError, FrameRecord, make_typestore, topics_for
 
 _STORAGE_PLUGINS = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 
@@ -32,7 +31,7 @@ class BagWriter:
         self.frames = 0
         self._jpeg_quality = jpeg_quality
         self._typestore = make_typestore(distro)
-        self._types = self._typestore.types
+        self._types = codec.message_types(self._typestore.types, lambda data: np.ascontiguousarray(data, np.uint8))
         self._writer: Optional[Writer] = None
         try:
             self._writer = Writer(path, version=DISTRO_VERSIONS[distro], storage_plugin=_STORAGE_PLUGINS[storage])
@@ -62,24 +61,25 @@ class BagWriter:
         _check(frame)  # before writing anything, so a bad frame leaves no partial frame behind
         image = frame.image
         height, width = image.shape[:2]
-        T = self._types
-        stamp = int(frame.stamp_ns)
-        header = T["std_msgs/msg/Header"](
-            stamp=T["builtin_interfaces/msg/Time"](sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=frame.frame_id)
+        types = self._types
+        header = codec.header_msg(types, int(frame.stamp_ns), frame.frame_id)
         if self.topics.compressed:
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, self._jpeg_quality])
             if not ok:
                 raise BagError(f"JPEG encoding failed for frame {frame.stamp_ns}")
             self._write(self.topics.image, COMPRESSED_IMAGE, frame.stamp_ns,
-                        T[COMPRESSED_IMAGE](header=header, format=_JPEG_FORMAT, data=jpeg.reshape(-1)))
+                        codec.compressed_msg(types, jpeg, _JPEG_FORMAT, header))
         else:
-            self._write(self.topics.image, IMAGE, frame.stamp_ns, self._image(header, image, "rgb8"))
-        self._write(self.topics.camera_info, CAMERA_INFO, frame.stamp_ns, self._camera_info(header, height, width))
+            self._write(self.topics.image, IMAGE, frame.stamp_ns, codec.image_msg(types, image, "rgb8", header))
+        self._write(self.topics.camera_info, CAMERA_INFO, frame.stamp_ns,
+                    codec.pinhole_camera_info_msg(types, header, height, width))
         if frame.label is not None:
-            self._write(self.topics.gt_label, IMAGE, frame.stamp_ns, self._image(header, frame.label, "mono8"))
+            self._write(self.topics.gt_label, IMAGE, frame.stamp_ns,
+                        codec.image_msg(types, frame.label, "mono8", header))
         if frame.boxes is not None:
-            self._write(self.topics.gt_detections, DETECTIONS, frame.stamp_ns, self._detections(header, frame))
+            self._write(self.topics.gt_detections, DETECTIONS, frame.stamp_ns,
+                        codec.detections_msg(types, header, frame.boxes, frame.box_class_ids))
         self.frames += 1
 
     def _write(self, topic: str, msgtype: str, stamp_ns: int, msg: Any) -> None:
@@ -88,45 +88,6 @@ class BagWriter:
             connection = self._connections[topic] = self._writer.add_connection(topic, msgtype,
                                                                                 typestore=self._typestore)
         self._writer.write(connection, stamp_ns, self._typestore.serialize_cdr(msg, msgtype))
-
-    def _image(self, header: Any, array: np.ndarray, encoding: str) -> Any:
-        array = np.ascontiguousarray(array)
-        return self._types[IMAGE](header=header, height=array.shape[0], width=array.shape[1], encoding=encoding,
-                                  is_bigendian=0, step=array.strides[0], data=array.reshape(-1))
-
-    def _camera_info(self, header: Any, height: int, width: int) -> Any:
-        """Nominal pinhole (focal length = width, principal point at the centre, no distortion)."""
-        f, cx, cy = float(width), width / 2, height / 2
-        T = self._types
-        return T[CAMERA_INFO](
-            header=header, height=height, width=width, distortion_model="plumb_bob", d=np.zeros(5),
-            k=np.array([f, 0, cx, 0, f, cy, 0, 0, 1], np.float64), r=np.eye(3).reshape(-1),
-            p=np.array([f, 0, cx, 0, 0, f, cy, 0, 0, 0, 1, 0], np.float64), binning_x=0, binning_y=0,
-            roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
-
-    def _detections(self, header: Any, frame: FrameRecord) -> Any:
-        boxes = np.asarray(frame.boxes, np.float64).reshape(-1, 4)
-        class_ids = np.asarray(frame.box_class_ids, np.int64)
-        T = self._types
-        geometry = "geometry_msgs/msg/"
-        identity = T[geometry + "PoseWithCovariance"](
-            pose=T[geometry + "Pose"](position=T[geometry + "Point"](x=0.0, y=0.0, z=0.0),
-                                      orientation=T[geometry + "Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)),
-            covariance=np.zeros(36))
-        detections = [
-            T["vision_msgs/msg/Detection2D"](
-                header=header,
-                results=[T["vision_msgs/msg/ObjectHypothesisWithPose"](
-                    hypothesis=T["vision_msgs/msg/ObjectHypothesis"](class_id=str(int(cid)), score=1.0),
-                    pose=identity)],
-                bbox=T["vision_msgs/msg/BoundingBox2D"](
-                    center=T["vision_msgs/msg/Pose2D"](
-                        position=T["vision_msgs/msg/Point2D"](x=(x1 + x2) / 2, y=(y1 + y2) / 2), theta=0.0),
-                    size_x=x2 - x1, size_y=y2 - y1),
-                id="")
-            for (x1, y1, x2, y2), cid in zip(boxes.tolist(), class_ids.tolist())
-        ]
-        return T[DETECTIONS](header=header, detections=detections)
 
 
 def _check(frame: FrameRecord) -> None:

@@ -1,47 +1,27 @@
-"""Every ROS message conversion of the node: sensor_msgs images in, and the node's output messages out.
-
-Raw images become zero-copy numpy views (``step`` row padding honoured); colour order is reported, not converted,
-because the predictor flips channels on the device. Encodings outside the common set go through cv_bridge where
-the ROS install provides it (the PyPI ``cv-bridge`` is broken with OpenCV 5 / numpy 2 and is never used).
-Compressed images are checked against the size their JPEG/PNG header declares before anything is decoded, so a
-small file declaring a huge image (a decompression bomb) costs microseconds, not gigabytes.
+"""The node's side of the message codec: its input decoding (``vltseg_ros.codec``, with cv_bridge for encodings
+outside the common set where the ROS install provides it; the PyPI ``cv-bridge`` is broken with OpenCV 5 / numpy 2
+and is never used), and its output messages.
 
 Outputs are built from one ``FrameResult`` (a frame and its prediction, at the source resolution) by the
-``*_msg`` functions that ``outputs.OUTPUTS`` names.
+``*_msg`` functions that ``outputs.OUTPUTS`` names, through ``vltseg_ros.codec`` with the rclpy message classes.
 """
 from __future__ import annotations
 
-import array
-import io
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import cv2
 import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA
-from vision_msgs.msg import (
-    Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis, ObjectHypothesisWithPose, VisionClass,
-)
+from vision_msgs.msg import Detection2DArray, LabelInfo
 from visualization_msgs.msg import Marker, MarkerArray
 
+from .. import codec
+from ..codec import CodecError
 from ..visualize import draw_overlay
-
-# encoding -> (channels, colour order as the predictor understands it, cv2 conversion to 3-channel or None)
-_ENCODINGS = {
-    "rgb8": (3, "RGB", None),
-    "bgr8": (3, "BGR", None),
-    "rgba8": (4, "RGB", cv2.COLOR_RGBA2RGB),
-    "bgra8": (4, "BGR", cv2.COLOR_BGRA2BGR),
-    "mono8": (1, "RGB", cv2.COLOR_GRAY2RGB),
-    "8UC1": (1, "RGB", cv2.COLOR_GRAY2RGB),
-    "8UC3": (3, "BGR", None),
-}
-
-MAX_PIXELS = 8192 * 8192
-"""Images larger than this are rejected: such a size is a corrupt header or a decompression bomb, not a camera."""
+from .msg_types import RCLPY_TYPES
 
 MARKER_DISTANCE_M = 1.0
 """Detection markers lie on the plane this far in front of the camera (z of its optical frame)."""
@@ -52,121 +32,23 @@ except ImportError:
     CvBridge = None
 
 
-class ImageError(ValueError):
-    """A message cannot be turned into an image. ``reason`` is a short counter key (encoding, size, data, decode);
-    the message says what exactly is wrong."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
 # ------------------------------------------------------------------------------------------------------- input
-def image_to_numpy(msg: Image, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """Image message -> (HxWx3 uint8 array, "RGB"|"BGR"). A view of ``msg.data`` where the encoding allows."""
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    _check_size(width, height, max_pixels, "image")
-    spec = _ENCODINGS.get(msg.encoding)
-    if spec is None:
-        return _via_cv_bridge(msg)
-    channels, order, conversion = spec
-    if step < width * channels:
-        raise ImageError("data", f"step {step} is smaller than width*channels = {width * channels} for "
-                                 f"{msg.encoding}")
-    data = np.frombuffer(msg.data, dtype=np.uint8) if len(msg.data) else np.zeros(0, np.uint8)
-    if data.size < height * step:
-        raise ImageError("data", f"data has {data.size} bytes, expected height*step = {height * step}")
-    rows = data[: height * step].reshape(height, step)[:, : width * channels]
-    image = rows.reshape(height, width, channels)
-    if conversion is not None:
-        image = cv2.cvtColor(image, conversion)
-    return image, order
-
-
-def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
-    if height <= 0 or width <= 0:
-        raise ImageError("size", f"zero-size {what} {width}x{height}")
-    if height * width > max_pixels:
-        raise ImageError("size", f"{what} {width}x{height} exceeds the {max_pixels}-pixel limit")
-
-
 def _via_cv_bridge(msg: Image) -> tuple[np.ndarray, str]:
-    if CvBridge is None:
-        supported = ", ".join(sorted(_ENCODINGS))
-        raise ImageError("encoding", f"unsupported encoding {msg.encoding!r} (supported: {supported}; others need "
-                                     f"cv_bridge)")
     try:
         return CvBridge().imgmsg_to_cv2(msg, desired_encoding="bgr8"), "BGR"
     except Exception as exc:  # cv_bridge raises its own error types
-        raise ImageError("encoding", f"cv_bridge cannot convert encoding {msg.encoding!r}: {exc}") from exc
+        raise CodecError("encoding", f"cv_bridge cannot convert encoding {msg.encoding!r}: {exc}") from exc
 
 
-def _compressed_bytes(msg: CompressedImage, max_pixels: int) -> tuple[np.ndarray, str]:
-    """The payload of a JPEG/PNG CompressedImage and its container ("JPEG"|"PNG"), after checking the image size
-    its header declares (Pillow reads the header only)."""
-    from PIL import JpegImagePlugin, PngImagePlugin
-
-    data = np.frombuffer(msg.data, dtype=np.uint8) if len(msg.data) else np.zeros(0, np.uint8)
-    if data.size == 0:
-        raise ImageError("decode", f"empty compressed image (format {msg.format!r})")
-    head = data[:8].tobytes()
-    if head.startswith(b"\xff\xd8"):
-        container, reader = "JPEG", JpegImagePlugin.JpegImageFile
-    elif head == b"\x89PNG\r\n\x1a\n":
-        container, reader = "PNG", PngImagePlugin.PngImageFile
-    else:
-        raise ImageError("encoding", f"compressed image is neither JPEG nor PNG (format {msg.format!r}, first bytes "
-                                     f"{head[:4].hex()})")
-    try:
-        width, height = reader(io.BytesIO(data.tobytes())).size
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("decode", f"cannot read the {container} header of a {data.size}-byte image: {exc}") from exc
-    _check_size(width, height, max_pixels, f"{container} declared as")
-    return data, container
+def image_to_numpy(msg: Image) -> tuple[np.ndarray, str]:
+    """Image -> (HxWx3 uint8 array, "RGB"|"BGR"): the codec's common encodings, others through cv_bridge where
+    the ROS install has it (else CodecError "encoding")."""
+    return codec.image_colour(msg, _via_cv_bridge if CvBridge is not None else None)
 
 
-def compressed_to_numpy(msg: CompressedImage, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
-    """CompressedImage (JPEG/PNG) -> (HxWx3 uint8 BGR array, "BGR")."""
-    data, container = _compressed_bytes(msg, max_pixels)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise ImageError("decode", f"cannot decode {data.size}-byte {container} (format {msg.format!r})")
-    return image, "BGR"
-
-
-def is_jpeg(msg: CompressedImage) -> bool:
-    """Whether a CompressedImage holds a JPEG (by its magic bytes)."""
-    return bytes(msg.data[:2]) == b"\xff\xd8"
-
-
-def jpeg_to_tensor(msg: CompressedImage, device, max_pixels: int = MAX_PIXELS):
-    """JPEG CompressedImage -> (HxWx3 uint8 RGB torch tensor on ``device``, "RGB"), decoded by torchvision
-    (nvJPEG on CUDA), so the frame never exists on the host."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    data, container = _compressed_bytes(msg, max_pixels)
-    try:
-        image = decode_jpeg(torch.from_numpy(data.copy()), mode=ImageReadMode.RGB, device=device)
-    except RuntimeError as exc:
-        raise ImageError("decode", f"cannot decode {data.size}-byte {container} (format {msg.format!r}): "
-                                   f"{exc}") from exc
-    return image.permute(1, 2, 0), "RGB"
-
-
-def numpy_to_image(array_: np.ndarray, encoding: str, header, out: Optional[Image] = None) -> Image:
-    """HxW or HxWxC uint8/float32 array -> Image with the given encoding and header (one memory copy)."""
-    msg = out or Image()
-    msg.header = header
-    msg.height, msg.width = int(array_.shape[0]), int(array_.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    contiguous = np.ascontiguousarray(array_)
-    msg.step = int(contiguous.strides[0])
-    data = array.array("B")
-    data.frombytes(contiguous.reshape(-1).view(np.uint8).data)  # no per-element conversion (stack.md §8.3)
-    msg.data = data
-    return msg
+def numpy_to_image(image: np.ndarray, encoding: str, header) -> Image:
+    """HxW or HxWxC array -> rclpy Image (one memory copy)."""
+    return codec.image_msg(RCLPY_TYPES, image, encoding, header)
 
 
 # ------------------------------------------------------------------------------------------------------ output
@@ -194,12 +76,9 @@ class FrameResult:
     camera_info: Optional[CameraInfo] = None
 
 
-def label_info_msg(class_names: Sequence[str], threshold: float, stamp) -> LabelInfo:
+def label_info_msg(class_names: Sequence[str], threshold: float, header) -> LabelInfo:
     """vision_msgs/LabelInfo: class id -> name, and the detection score threshold."""
-    msg = LabelInfo(class_map=[VisionClass(class_id=i, class_name=n) for i, n in enumerate(class_names)],
-                    threshold=float(threshold))
-    msg.header.stamp = stamp
-    return msg
+    return codec.label_info_msg(RCLPY_TYPES, header, class_names, threshold)
 
 
 def label_mask_msg(result: FrameResult, rendering: Rendering) -> Image:
@@ -227,17 +106,7 @@ def overlay_msg(result: FrameResult, rendering: Rendering) -> Image:
 
 def detections_msg(result: FrameResult, rendering: Rendering) -> Detection2DArray:
     """vision_msgs/Detection2DArray: class id as a string, score, box centre and size in source pixels."""
-    out = Detection2DArray(header=result.header)
-    for (x1, y1, x2, y2), cid, score in zip(result.boxes.tolist(), result.class_ids.tolist(),
-                                            result.scores.tolist()):
-        det = Detection2D(header=result.header)
-        det.bbox.center.position.x = (x1 + x2) / 2
-        det.bbox.center.position.y = (y1 + y2) / 2
-        det.bbox.size_x = x2 - x1
-        det.bbox.size_y = y2 - y1
-        det.results = [ObjectHypothesisWithPose(hypothesis=ObjectHypothesis(class_id=str(cid), score=score))]
-        out.detections.append(det)
-    return out
+    return codec.detections_msg(RCLPY_TYPES, result.header, result.boxes, result.class_ids, result.scores)
 
 
 def detection_markers_msg(result: FrameResult, rendering: Rendering) -> MarkerArray:

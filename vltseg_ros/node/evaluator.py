@@ -26,9 +26,11 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from ..bag import topics_for
+from ..codec import CodecError, detection_arrays, label_array, stamp_ns
+from ..evaluation import DatasetFrame, score
+from ..predictor import Prediction
 from ..labels import CITYSCAPES_CLASSES, CITYSCAPES_THING_CLASSES, IGNORE_INDEX
 from ..report import Scorer, percent, write_report
-from .conversions import ImageError
 from .parameters import ParamSpec
 
 _BAG = topics_for()
@@ -76,38 +78,6 @@ GT_STREAMS = ("gt_label", "gt_det")
 _NO_BOXES = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
 _TOPIC_PARAMS = {"pred_label": "pred_label_topic", "pred_det": "pred_detections_topic",
                  "gt_label": "gt_label_topic", "gt_det": "gt_detections_topic"}
-
-
-def label_to_numpy(msg: Image) -> np.ndarray:
-    """mono8/8UC1 Image -> HxW uint8 array (a copy; ``step`` padding removed)."""
-    if msg.encoding not in ("mono8", "8UC1"):
-        raise ImageError(f"label mask encoding must be mono8, got {msg.encoding!r}")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    data = np.frombuffer(msg.data, np.uint8) if len(msg.data) else np.zeros(0, np.uint8)
-    if step < width or data.size < height * step:
-        raise ImageError(f"label mask {width}x{height} step {step} has {data.size} bytes")
-    return data[: height * step].reshape(height, step)[:, :width].copy()
-
-
-def detections_to_numpy(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Detection2DArray -> (xyxy boxes [N, 4] float32, class ids [N] int64, scores [N] float32).
-
-    The first hypothesis of each detection is used, as the node writes one; its ``class_id`` must be an integer
-    string (a trainId), else ValueError. float32, like the Predictor's boxes and ``read_frames``' GT boxes, so that
-    online and offline scoring see the same numbers.
-    """
-    boxes, class_ids, scores = [], [], []
-    for det in msg.detections:
-        if not det.results:
-            raise ValueError("a detection has no hypothesis")
-        hypothesis = det.results[0].hypothesis
-        cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
-        w, h = det.bbox.size_x, det.bbox.size_y
-        boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
-        class_ids.append(int(hypothesis.class_id))
-        scores.append(hypothesis.score)
-    return (np.array(boxes, np.float32).reshape(-1, 4), np.array(class_ids, np.int64),
-            np.array(scores, np.float32))
 
 
 @dataclass
@@ -160,10 +130,10 @@ class EvaluatorNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
         for stream in ("pred_label", "gt_label"):
             self.create_subscription(Image, self._topics[stream],
-                                     lambda msg, s=stream: self._on_part(s, msg, label_to_numpy), qos)
+                                     lambda msg, s=stream: self._on_part(s, msg, label_array), qos)
         for stream in ("pred_det", "gt_det"):
             self.create_subscription(Detection2DArray, self._topics[stream],
-                                     lambda msg, s=stream: self._on_part(s, msg, detections_to_numpy), qos)
+                                     lambda msg, s=stream: self._on_part(s, msg, detection_arrays), qos)
         self.create_subscription(LabelInfo, self.param("label_info_topic"), self._on_label_info, latched)
         image_topic = self.param("image_topic")
         # raw=True: counting frames needs no deserialisation of megabyte images.
@@ -200,7 +170,7 @@ class EvaluatorNode(Node):
         det_classes = {i: n for i, n in enumerate(names) if n in CITYSCAPES_THING_CLASSES}
         self._scorer = Scorer(names, det_classes or None)
         for args in self._backlog:
-            self._scorer.add(*args)
+            score(self._scorer, *args)
         self._backlog.clear()
 
     def _on_part(self, stream: str, msg, decode) -> None:
@@ -208,12 +178,12 @@ class EvaluatorNode(Node):
         wall = time.monotonic()
         try:
             value = decode(msg)
-        except (ImageError, ValueError) as exc:
+        except CodecError as exc:
             with self._lock:
                 self.counters["bad_messages"] += 1
             self.get_logger().warning(f"{self._topics[stream]}: unusable message: {exc}", throttle_duration_sec=5.0)
             return
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp = stamp_ns(msg)
         with self._lock:
             self._last_message_wall = wall
             self._seen.add(stream)
@@ -267,12 +237,12 @@ class EvaluatorNode(Node):
             keep = scores >= self.param("score_threshold")
             gt_boxes, gt_class_ids, _ = parts.get("gt_det", (None, None, None))
             shape = (gt_label if gt_label is not None else label if label is not None else np.zeros((0, 0))).shape
-            args = (label, gt_label, boxes[keep], scores[keep], class_ids[keep], gt_boxes, gt_class_ids,
-                    shape[0], shape[1], latency_s)
+            args = (DatasetFrame(None, gt_label, gt_boxes, gt_class_ids),
+                    Prediction(label, None, boxes[keep], class_ids[keep], scores[keep]), latency_s, None, shape)
             if self._scorer is None:
                 self._backlog.append(args)
             else:
-                self._scorer.add(*args)
+                score(self._scorer, *args)
             record.update(latency_ms=round(1000 * latency_s, 3), pred_boxes=int(keep.sum()),
                           gt_boxes=None if gt_boxes is None else len(gt_boxes))
             if label is not None and gt_label is not None:

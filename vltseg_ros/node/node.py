@@ -35,9 +35,9 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..visualize import palette_lut
 from . import diagnostics
-from .conversions import (
-    FrameResult, ImageError, Rendering, compressed_to_numpy, image_to_numpy, is_jpeg, jpeg_to_tensor, label_info_msg,
-)
+from ..codec import CodecError, compressed_colour, header_msg, is_jpeg, jpeg_tensor
+from .conversions import FrameResult, Rendering, image_to_numpy, label_info_msg
+from .msg_types import RCLPY_TYPES
 from .outputs import OUTPUTS, Output
 from .parameters import PARAMETERS, SPECS
 from .stats import Counters, Percentiles, RateWindow
@@ -227,7 +227,8 @@ class VLTSegNode(LifecycleNode):
                                              clock=self._steady)
 
     def _publish_label_info(self, threshold: float) -> None:
-        msg = label_info_msg(self.predictor.class_names, threshold, self.get_clock().now().to_msg())
+        header = header_msg(RCLPY_TYPES, self.get_clock().now().nanoseconds, "")
+        msg = label_info_msg(self.predictor.class_names, threshold, header)
         for pub in self._label_info_pubs:
             pub.publish(msg)
 
@@ -386,10 +387,10 @@ class VLTSegNode(LifecycleNode):
             if not compressed:
                 image, image_format = image_to_numpy(msg)
             elif self._jpeg_device is not None and is_jpeg(msg):
-                image, image_format = jpeg_to_tensor(msg, self._jpeg_device)
+                image, image_format = jpeg_tensor(msg, self._jpeg_device)
             else:
-                image, image_format = compressed_to_numpy(msg)
-        except ImageError as exc:
+                image, image_format = compressed_colour(msg)
+        except CodecError as exc:
             self._reject(exc.reason, f"{cam.input_topic}: {exc}")
             return
         info = cam.camera_info

@@ -13,7 +13,6 @@ player then fails with an error naming the damage; so do messages that do not de
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import sys
 import threading
@@ -32,6 +31,7 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool
 
 from ..bag import BagError, open_messages
+from .msg_types import message_class
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 # Camera image topics by the image_pipeline naming convention; a bag's other Image topics (GT label masks) are not.
@@ -55,19 +55,6 @@ class PlayStats:
     def messages(self) -> int:
         """Messages published on bag topics (not counting /clock)."""
         return sum(self.published.values())
-
-
-def message_class(type_name: str) -> Optional[type]:
-    """The rclpy class of ``pkg/msg/Type`` (or ``pkg/Type``), or None when its package is not installed."""
-    parts = type_name.split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3:
-        return None
-    try:
-        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
-    except (ImportError, AttributeError):
-        return None
 
 
 class BagPlayer:
