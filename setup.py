@@ -10,6 +10,7 @@ from setuptools import find_packages, setup
 from setuptools.command.develop import develop
 
 PACKAGE = "vltseg_ros"
+TRAIN_PACKAGE = "vltseg_train"
 # colcon --symlink-install runs this file from build/<package>/, where only symlinks to the package's own files
 # exist: find the README next to the real setup.py, not in the current directory.
 README = Path(__file__).resolve().parent / "README.md"
@@ -40,7 +41,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    # The training/ folder installs as vltseg_train: a top-level "training" would collide with anything of that name.
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"])
+    + [TRAIN_PACKAGE + name[len("training"):] for name in find_packages(include=["training", "training.*"])],
+    package_dir={TRAIN_PACKAGE: "training"},
+    package_data={TRAIN_PACKAGE: ["configs/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -81,10 +86,10 @@ setup(
         ],
         "vltseg.commands": [
             "synth = vltseg_ros.synth.cli",
-            "train = training.train",
-            "eval = training.evaluate",
-            "bag = training.bag_cli",
-            "demo = training.demo",
+            "train = vltseg_train.train",
+            "eval = vltseg_train.evaluate",
+            "bag = vltseg_train.bag_cli",
+            "demo = vltseg_train.demo",
         ],
     },
 )

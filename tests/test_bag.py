@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from training import bag_cli
-from training.datasets import build_dataset
+from vltseg_train import bag_cli
+from vltseg_train.datasets import build_dataset
 from vltseg_ros.synth import render_frame, write_split
 from vltseg_ros import cli
 from vltseg_ros.bag import (

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import dataset_fixtures as fx
-from training.datasets import (
+from vltseg_train.datasets import (
     DATASETS,
     MAPILLARY_LUTS,
     SYNTHIA_16_CLASSES,
@@ -209,7 +209,7 @@ def test_gta5_label_of_another_size_is_skipped_and_counted(tmp_path, caplog):
     bad = tmp_path / "labels/00002.png"
     fx.palette_png(bad, np.vstack([fx.band_map(fx.GTA5_IDS, 1)] * 2), fx.CITYSCAPES_ID_COLORS)
     dataset = GTA5Dataset(tmp_path, "all")
-    with caplog.at_level(logging.WARNING, logger="training.datasets"):
+    with caplog.at_level(logging.WARNING, logger="vltseg_train.datasets"):
         item = dataset[1]
     assert item["name"] == "00003" and dataset.skipped == 1
     assert str(bad) in caplog.text and "differs from its image" in caplog.text
@@ -334,7 +334,7 @@ def test_corrupt_file_is_skipped_counted_and_replaced(tmp_path, caplog, corrupt)
     dataset = GTA5Dataset(tmp_path, "all")
     bad = Path(getattr(dataset.samples[1], corrupt))
     bad.write_bytes(b"not a png" * 10)
-    with caplog.at_level(logging.WARNING, logger="training.datasets"):
+    with caplog.at_level(logging.WARNING, logger="vltseg_train.datasets"):
         item = dataset[1]
     assert item["name"] == "00003"
     assert dataset.skipped == 1
@@ -346,7 +346,7 @@ def test_truncated_palette_label_is_skipped(tmp_path, caplog):
     dataset = GTA5Dataset(tmp_path, "all")
     bad = Path(dataset.samples[0].label)
     bad.write_bytes(bad.read_bytes()[:60])
-    with caplog.at_level(logging.WARNING, logger="training.datasets"):
+    with caplog.at_level(logging.WARNING, logger="vltseg_train.datasets"):
         assert dataset[0]["name"] == "00002"
     assert dataset.skipped == 1 and str(bad) in caplog.text
 

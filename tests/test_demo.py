@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ros_harness import fresh_domain
-from training import demo
+from vltseg_train import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.train import det_class_indices
+from vltseg_train.train import det_class_indices
 from vltseg_ros.checkpoint import CheckpointMeta
 from vltseg_ros.config import InferenceConfig, NormalizationConfig, model_preset
 from vltseg_ros.model import build_model

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from training.datasets import ACDCDataset, build_dataset
-from training.evaluate import dataset_inference, describe_checkpoint, resolve_checkpoint
+from vltseg_train.datasets import ACDCDataset, build_dataset
+from vltseg_train.evaluate import dataset_inference, describe_checkpoint, resolve_checkpoint
 from vltseg_ros.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
 from vltseg_ros.config import EVAL_PROTOCOLS, InferenceConfig, evaluation_protocol, model_preset
 from vltseg_ros.model import build_model
@@ -43,7 +43,7 @@ def seg_det_checkpoint(tmp_path):
 def _evaluate(checkpoint: Path, synth_root: str, out: Path, processes: int) -> dict:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                 "--master_port", str(free_port())] if processes > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "training.evaluate", "--checkpoint", str(checkpoint), "--device", "cpu",
+    cmd = [*launcher, "-m", "vltseg_train.evaluate", "--checkpoint", str(checkpoint), "--device", "cpu",
            "--data", f"cityscapes:{synth_root}:train:train", "--data", f"cityscapes:{synth_root}:val:val",
            "--limit", "7", "--out", str(out)]
     result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,

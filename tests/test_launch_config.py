@@ -142,6 +142,8 @@ def test_readme_documents_every_output_and_parameter():
     readme = (ROOT / "README.md").read_text()
     for output in OUTPUTS:
         assert output.readme_row() in readme, output.readme_row()
+    published = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `~/") and "| pub `" in line}
+    assert published == {f"~/{o.name}" for o in OUTPUTS}, "the README's topic table lists an output the node lacks"
     table = readme[readme.index("| parameter | default |"):]
     for spec in PARAMETERS:
         assert f"`{spec.name}`" in table or f"`.{spec.name.rsplit('.', 1)[-1]}`" in table, spec.name

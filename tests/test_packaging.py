@@ -38,7 +38,7 @@ def test_core_imports_without_rclpy():
         "import sys; sys.modules['rclpy'] = None\n"  # any 'import rclpy' now raises ImportError
         "import vltseg_ros, vltseg_ros.config, vltseg_ros.labels, vltseg_ros.model, vltseg_ros.checkpoint, "
         "vltseg_ros.predictor, vltseg_ros.metrics, vltseg_ros.cli\n"
-        "assert 'training' not in sys.modules\n"
+        "assert 'training' not in sys.modules and 'vltseg_train' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -59,7 +59,20 @@ def test_only_the_node_subpackage_imports_ros_and_core_never_imports_training():
         imports = _imports(path)
         if "node" not in path.relative_to(ROOT / "vltseg_ros").parts:
             assert not imports & {"rclpy", "sensor_msgs", "vision_msgs", "std_msgs"}, path
-        assert "training" not in imports, path
+        assert not imports & {"training", "vltseg_train"}, path
+
+
+def test_training_installs_as_vltseg_train_and_only_under_that_name(tmp_path):
+    """A wheel holds vltseg_train (the training/ folder, configs included) and no top-level ``training``."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True)
+    (wheel,) = tmp_path.glob("vltseg_ros-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"vltseg_ros", "vltseg_train"}, tops
+    assert "vltseg_train/train.py" in names and "vltseg_train/configs/gta5_eva02_l14.yaml" in names
 
 
 def test_ci_runs_exactly_the_readme_commands():

@@ -74,9 +74,9 @@ def test_predictor_resolves_auto_by_default(cpu_reports, tiny_checkpoint, facts,
 
 
 def test_trainer_prints_and_records_the_resolved_precision(cpu_reports, tmp_path, capsys):
-    from training.config import config_from_dict
+    from vltseg_train.config import config_from_dict
     from vltseg_ros.synth import write_split
-    from training.train import Trainer
+    from vltseg_train.train import Trainer
 
     cpu_reports(AVX2_ONLY)
     write_split(str(tmp_path / "data"), "train", 2, seed=0, height=32, width=64, style="synthetic")

@@ -104,7 +104,7 @@ def test_small_instances_get_no_box_and_keep_their_labels():
 def test_the_dataset_reader_sees_exactly_the_rendered_boxes(tmp_path):
     """The convention lives in the written instanceIds, so training data, offline evaluation and replay bags (all
     read through the dataset reader) get the same boxes as the renderer."""
-    from training.datasets import build_dataset
+    from vltseg_train.datasets import build_dataset
 
     synth.write_split(str(tmp_path), "val", 3, 0, 256, 512, "realistic", "clear")
     dataset = build_dataset("cityscapes", str(tmp_path), "val")
@@ -242,7 +242,7 @@ def test_vltseg_synth_is_the_renderer_cli():
 
 def test_training_crops_apply_the_small_box_rule_to_the_boxes_they_cut():
     """A box the training crop cuts to under MIN_BOX_SIDE gets none, as one the frame edge cuts gets none."""
-    from training.transforms import TrainTransform
+    from vltseg_train.transforms import TrainTransform
 
     image = np.tile(np.arange(64, dtype=np.uint8)[None, :, None], (32, 1, 3))  # pixel value = column
     sample = {"image": image, "label": np.zeros((32, 64), np.uint8), "boxes": np.array([[2, 4, 12, 28]], np.float32),

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import ConfigError, load_config
-from training.train import StreamSampler, Trainer, build_optimizer, learning_rate, set_learning_rates
+from vltseg_train.config import ConfigError, load_config
+from vltseg_train.train import StreamSampler, Trainer, build_optimizer, learning_rate, set_learning_rates
 from vltseg_ros.checkpoint import load_checkpoint, read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_stream_sampler_shards_and_restarts():
 
 
 def _run_training(config: Path, *extra: str, wait_for: str | None = None) -> subprocess.CompletedProcess | None:
-    cmd = [sys.executable, "-m", "training.train", "--config", str(config), "--device", "cpu", "--no-progress",
+    cmd = [sys.executable, "-m", "vltseg_train.train", "--config", str(config), "--device", "cpu", "--no-progress",
            *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if wait_for is None:
@@ -214,7 +214,7 @@ def test_every_trainable_parameter_gets_a_gradient(tmp_path, synth_root, heads):
 def test_torchrun_two_processes_produce_one_checkpoint(tmp_path, synth_root, heads):
     config = tiny_config(tmp_path, synth_root, "ddp", heads=heads, iterations=3, extra="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "training.train", "--config", str(config), "--device", "cpu", "--no-progress"]
+           "-m", "vltseg_train.train", "--config", str(config), "--device", "cpu", "--no-progress"]
     result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.transforms import EvalTransform, TrainTransform, collate
+from vltseg_train.transforms import EvalTransform, TrainTransform, collate
 from vltseg_ros.synth import MIN_BOX_SIDE
 
 

@@ -64,7 +64,7 @@ def _error(message: str) -> int:
 
 
 def iter_dataset_frames(name: str, root: str, split: str) -> Iterator[SourceFrame]:
-    """Frames of a dataset reader (training.datasets.DATASETS) with its label map and boxes."""
+    """Frames of a dataset reader (vltseg_train.datasets.DATASETS) with its label map and boxes."""
     dataset = build_dataset(name, root, split)
     samples = (dataset[index] for index in range(len(dataset)))
     return ((s["image"], s["label"], s["boxes"], s["box_labels"]) for s in samples)

@@ -21,7 +21,7 @@ from vltseg_ros.precision import PRECISIONS
 
 @dataclass
 class DatasetSpec:
-    """One dataset split: a reader name from ``training.datasets.DATASETS``, its root and split, and options."""
+    """One dataset split: a reader name from ``vltseg_train.datasets.DATASETS``, its root and split, and options."""
 
     name: str = "cityscapes"
     root: str = ""

@@ -2,7 +2,7 @@
 
     vltseg eval --checkpoint runs/gta5_eva02_l14 --data cityscapes:/data/cityscapes:val --out reports/gta5
     vltseg eval --checkpoint run/final.safetensors --data acdc:/data/acdc:val --mode slide --window 512 --stride 426
-    torchrun --nproc_per_node 2 -m training.evaluate --checkpoint runs/gta5_eva02_l14 --data ... --out ...
+    torchrun --nproc_per_node 2 -m vltseg_train.evaluate --checkpoint runs/gta5_eva02_l14 --data ... --out ...
 
 A run directory means its ``final.safetensors`` (``--which best`` takes the checkpoint selected on the config's
 held-out source split, if the run had one). The protocol follows the checkpoint: models trained on a synthetic
@@ -170,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m training.evaluate`` (what torchrun launches)."""
-    return torchrun_main("training.evaluate", __doc__, add_arguments, run, argv, (CheckpointError, ConfigError, DatasetError))
+    """``python -m vltseg_train.evaluate`` (what torchrun launches)."""
+    return torchrun_main("vltseg_train.evaluate", __doc__, add_arguments, run, argv, (CheckpointError, ConfigError, DatasetError))
 
 
 if __name__ == "__main__":

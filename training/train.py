@@ -1,7 +1,7 @@
 """Train a VLTSeg/VLTDet checkpoint (the paper's recipe by default), on one device or many through torchrun.
 
     vltseg train --config training/configs/synth_tiny.yaml
-    torchrun --nproc_per_node 2 -m training.train --config training/configs/gta5_eva02_l14.yaml \\
+    torchrun --nproc_per_node 2 -m vltseg_train.train --config training/configs/gta5_eva02_l14.yaml \\
         --set data.train.root=/data/gta5
 
 Resumable: every ``checkpoint_interval`` iterations the run directory gets an atomic checkpoint with the weights,
@@ -549,8 +549,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m training.train`` (what torchrun launches)."""
-    return torchrun_main("training.train", __doc__, add_arguments, run, argv, (ConfigError,))
+    """``python -m vltseg_train.train`` (what torchrun launches)."""
+    return torchrun_main("vltseg_train.train", __doc__, add_arguments, run, argv, (ConfigError,))
 
 
 if __name__ == "__main__":
