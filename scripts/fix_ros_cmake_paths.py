@@ -2,7 +2,8 @@
 
 The ros-kilted-* wheels were built under a manylinux prefix ``<root>/python/cp311-cp311`` and their
 ``share/*/cmake/*.cmake`` exports keep those include paths, which breaks building interface packages
-against them (stack.md §5.3). Rewrites files inside ``sys.prefix`` only; idempotent.
+against them (docs/design.md#vision_msgs-on-a-pip-only-machine). Rewrites files inside ``sys.prefix`` only;
+idempotent.
 """
 import glob
 import os

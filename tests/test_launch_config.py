@@ -5,6 +5,8 @@ These run everywhere (no launch packages needed): the launch files' logic lives 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,11 @@ def test_readme_documents_every_output_and_parameter():
     table = readme[readme.index("| parameter | default |"):]
     for spec in PARAMETERS:
         assert f"`{spec.name}`" in table or f"`.{spec.name.rsplit('.', 1)[-1]}`" in table, spec.name
+
+
+def test_node_pages_in_docs_match_the_code():
+    """docs/nodes/*.md are generated from the output, parameter and argument tables; rerun the script after a
+    change to those tables."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "node_docs.py"), "--check"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -209,7 +209,8 @@ def test_vision_msgs_sources_are_field_identical_to_upstream():
 
 
 def test_vision_msgs_is_wire_compatible_with_upstream():
-    """Type hashes depend only on names and fields; this one is upstream vision_msgs 4.1's (stack.md §5.1)."""
+    """Type hashes depend only on names and fields; this one is upstream vision_msgs 4.1's
+    (docs/design.md#vision_msgs-on-a-pip-only-machine)."""
     from vision_msgs.msg import Detection2DArray, LabelInfo, VisionClass, VisionInfo
 
     share = Path(sys.prefix) / "share" / "vision_msgs" / "msg" / "Detection2DArray.json"
@@ -260,3 +261,41 @@ def test_vision_msgs_travel_over_dds():
     finally:
         node.destroy_node()
         rclpy.shutdown()
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_document_reference_resolves_inside_the_repository():
+    """Comments cite docs/*.md (with a heading anchor) and README.md only, never documents a reader of the
+    repository does not have (the team's shared notes) or issue numbers."""
+    outside = re.compile(r"\b(method|data|stack|ros_conventions|style)\.md\b|shared/docs|issue #\d")
+    cited = re.compile(r"\b((?:docs/[\w./-]+|README)\.md)(?:#([\w-]+))?")
+    problems = []
+    sources = [p for d in ("vltseg_ros", "training", "tests", "bench", "scripts", "launch", "config")
+               for p in (ROOT / d).rglob("*") if p.suffix in (".py", ".yaml", ".sh") and p != Path(__file__)]
+    for path in sources:
+        text = path.read_text()
+        problems += [f"{path.relative_to(ROOT)}: {m.group(0)}" for m in outside.finditer(text)]
+        for match in cited.finditer(text):
+            target = ROOT / match.group(1)
+            if not target.is_file():
+                problems.append(f"{path.relative_to(ROOT)}: {match.group(1)} does not exist")
+                continue
+            headings = {_slug(line.lstrip("#")) for line in target.read_text().splitlines() if line.startswith("#")}
+            if match.group(2) and match.group(2) not in headings:
+                problems.append(f"{path.relative_to(ROOT)}: no heading #{match.group(2)} in {match.group(1)}")
+    assert not problems, problems
+
+
+def test_readme_layout_table_names_every_module():
+    """Section 10 of the README describes the tree as it is: every module and subpackage of vltseg_ros."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## 10. Repository layout"):]
+    package = ROOT / "vltseg_ros"
+    names = {p.name for p in package.iterdir() if p.suffix == ".py" and p.name != "__init__.py"}
+    names |= {f"vltseg_ros/{p.name}/" for p in package.iterdir() if (p / "__init__.py").is_file()}
+    names |= {p.name for sub in ("node", "bag") for p in (package / sub).glob("*.py") if p.name != "__init__.py"}
+    assert not [n for n in sorted(names) if f"`{n}`" not in layout and f"`vltseg_ros/{n}`" not in layout]

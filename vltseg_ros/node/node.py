@@ -33,9 +33,9 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from ..codec import CodecError, compressed_colour, header_msg, is_jpeg, jpeg_tensor
 from ..visualize import palette_lut
 from . import diagnostics
-from ..codec import CodecError, compressed_colour, header_msg, is_jpeg, jpeg_tensor
 from .conversions import FrameResult, Rendering, image_to_numpy, label_info_msg
 from .msg_types import RCLPY_TYPES
 from .outputs import OUTPUTS, Output
