@@ -290,6 +290,39 @@ def test_frames_without_ground_truth_give_a_latency_only_summary(ros, checkpoint
 
 
 
+def test_unusable_messages_are_counted_and_the_next_frame_scores(ros):
+    """A label mask in the wrong encoding and a detection whose class_id is not a trainId are each counted and
+    skipped; the evaluator keeps running and scores the next good frame (it used to raise TypeError inside its
+    callback on the first)."""
+    from vltseg_ros import codec
+    from vltseg_ros.node.msg_types import RCLPY_TYPES
+
+    evaluator = _start_evaluator(ros, use_sim_time=False)
+    try:
+        label_pub = ros.publisher(Image, "/vltseg/label_mask")
+        gt_pub = ros.publisher(Image, TOPICS.gt_label)
+        det_pub = ros.publisher(Detection2DArray, TOPICS.gt_detections)
+        for pub in (label_pub, gt_pub, det_pub):
+            ros.wait_matched(pub)
+        label = np.zeros((4, 6), np.uint8)
+
+        def header(stamp):
+            return codec.header_msg(RCLPY_TYPES, stamp, "cam")
+
+        gt_pub.publish(codec.image_msg(RCLPY_TYPES, np.zeros((4, 6, 3), np.uint8), "rgb8", header(STAMP0)))
+        bad = codec.detections_msg(RCLPY_TYPES, header(STAMP0), np.array([[0, 0, 2, 2]]), [13])
+        bad.detections[0].results[0].hypothesis.class_id = "car"
+        det_pub.publish(bad)
+        assert ros.wait_for(lambda: evaluator.summary()["bad_messages"] == 2)
+        good = STAMP0 + PERIOD_NS
+        gt_pub.publish(codec.image_msg(RCLPY_TYPES, label, "mono8", header(good)))
+        det_pub.publish(codec.detections_msg(RCLPY_TYPES, header(good), np.zeros((0, 4)), []))
+        label_pub.publish(codec.image_msg(RCLPY_TYPES, label, "mono8", header(good)))
+        assert ros.wait_for(lambda: evaluator.summary()["matched"] == 1)
+    finally:
+        evaluator.destroy_node()
+
+
 def test_ground_truth_without_predictions_is_counted_unmatched(ros, bag):
     """No perception node: every GT frame ends unmatched, and the evaluator finishes by its idle timeout."""
     evaluator = _start_evaluator(ros, expected_frames=FRAMES, idle_timeout_s=0.3)
