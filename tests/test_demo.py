@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ros_harness import fresh_domain
 from training import demo
@@ -74,3 +75,30 @@ def test_training_is_sized_by_a_calibration_run(monkeypatch, step_s, expected):
     plan = demo.plan_training(cfg, size, started=clock[0] - 94.0)
     assert plan["iterations"] == expected and plan["step_s"] == pytest.approx(step_s)
     assert plan["train_budget_s"] == pytest.approx(600.0 - 94.0 - demo.CALIBRATION_ITERATIONS * step_s - 100.0)
+
+
+def test_calibration_measures_one_thread_only(monkeypatch):
+    """Training runs on one thread beside the loader and the val rendering, so a two-thread calibration run (which
+    cost up to 3 x 14 s of the budget on a busy machine) is never spent."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(demo.time, "perf_counter", lambda: clock[0])
+
+    class CalibrationTrainer:
+        def __init__(self, cfg, **kwargs):
+            self.iterations = cfg.schedule.iterations
+
+        def train(self) -> dict:
+            calls.append(torch.get_num_threads())
+            clock[0] += 1.0 * self.iterations
+            return {}
+
+    monkeypatch.setattr(demo, "Trainer", CalibrationTrainer)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        size = dataclasses.replace(demo.FULL, iterations=1000, budget_s=600.0, reserve_s=100.0, min_iterations=10)
+        plan = demo.plan_training(demo._train_config("data", "run", size, 0, "fp32"), size, started=0.0)
+        assert calls == [1] and plan["threads"] == 1 and torch.get_num_threads() == 1
+        assert plan["train_budget_s"] == pytest.approx(600.0 - demo.CALIBRATION_ITERATIONS * 1.0 - 100.0)
+    finally:
+        torch.set_num_threads(before)

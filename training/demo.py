@@ -72,6 +72,8 @@ class DemoSize:
 FULL = DemoSize(256, 512, 300, 40, 900, 4, 256, 8, 2.0, budget_s=540.0, reserve_s=90.0, min_iterations=200)
 QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0)
 CALIBRATION_ITERATIONS = 3
+# One thread: the other core renders the val splits and runs the loader (see plan_training).
+TRAIN_THREADS = 1
 
 
 def _train_config(data: str, out: str, size: DemoSize, workers: int, precision: str) -> dict:
@@ -98,17 +100,17 @@ def _train_config(data: str, out: str, size: DemoSize, workers: int, precision: 
 def plan_training(cfg: dict, size: DemoSize, started: float) -> dict:
     """Threads and iteration count for ``size`` on this machine, and sets torch's intra-op threads to them.
 
-    Throwaway runs of ``CALIBRATION_ITERATIONS`` iterations of the demo's own training config (``cfg``) measure the
-    step time with torch's default threads and with one; the faster wins (on a busy 2-core machine two spinning
-    OpenMP threads beside the loader process were 5-8x slower than one). Training gets what is left of the budget
-    (counted from ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``,
-    ``step_s`` (None without a budget) and ``train_budget_s``."""
+    Training runs on ``TRAIN_THREADS`` (one) intra-op thread: the loader process and the background rendering of
+    the val splits hold the other core of a 2-core machine, where two spinning OpenMP threads were 5-12x slower
+    than one (bench/RESULTS.md, issue #12). A throwaway run of ``CALIBRATION_ITERATIONS`` iterations of the demo's
+    own training config (``cfg``) measures the step time; training gets what is left of the budget (counted from
+    ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``, ``step_s``
+    (None without a budget) and ``train_budget_s``."""
     if size.budget_s is None:
         return {"iterations": size.iterations, "threads": torch.get_num_threads(), "step_s": None,
                 "train_budget_s": None}
-    step_s = {threads: _calibration_step_s(cfg, threads) for threads in sorted({torch.get_num_threads(), 1})}
-    threads = min(step_s, key=step_s.get)
-    torch.set_num_threads(threads)
+    threads = TRAIN_THREADS
+    step_s = {threads: _calibration_step_s(cfg, threads)}
     budget = size.budget_s - (time.perf_counter() - started) - size.reserve_s
     iterations = min(size.iterations, max(size.min_iterations, int(budget / step_s[threads])))
     return {"iterations": iterations, "threads": threads, "step_s": step_s[threads], "train_budget_s": budget,
