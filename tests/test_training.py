@@ -260,8 +260,11 @@ def test_best_checkpoint_exists_only_when_selected_on_the_source(tmp_path, synth
     (data.select) produces best.safetensors, and its metadata names the set it was selected on."""
     plain = tiny_config(tmp_path, synth_root, "plain", iterations=4).read_text()
     (tmp_path / "plain.yaml").write_text(plain.replace("eval_interval: 0", "eval_interval: 2"))
-    summary = Trainer(load_config(str(tmp_path / "plain.yaml")), device="cpu", resume=None, progress=False).train()
+    trainer = Trainer(load_config(str(tmp_path / "plain.yaml")), device="cpu", resume=None, progress=False)
+    summary = trainer.train()
     assert [h["iteration"] for h in summary["history"]] == [2, 4]
+    # one duration per optimiser step (the demo's calibration reads them); evaluations are inside the steps' spans
+    assert len(trainer.step_times) == 4 and all(t > 0 for t in trainer.step_times)
     assert "synth-val" in summary["history"][0]["results"]
     assert not (tmp_path / "plain" / "best.safetensors").exists()
     assert read_meta(str(tmp_path / "plain" / "final.safetensors")).provenance["final"]

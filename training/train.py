@@ -336,6 +336,8 @@ class Trainer:
         bar = _progress(self.iteration, s.iterations, self.progress)
         self.model.train()
         started, images_seen = time.perf_counter(), 0
+        self.step_times = []  # seconds of each optimiser step of this call, data wait included
+        stepped = started
         while self.iteration < end:
             lr = set_learning_rates(self.optimizer, self.iteration, cfg)
             self.optimizer.zero_grad(set_to_none=True)
@@ -360,6 +362,9 @@ class Trainer:
                 grad_norm = float("nan")
             self.optimizer.step()
             self.iteration += 1
+            now = time.perf_counter()
+            self.step_times.append(now - stepped)
+            stepped = now
             total = sum(totals.values())
             if not math.isfinite(total):
                 raise FloatingPointError(f"loss became {total} at iteration {self.iteration}")
