@@ -276,3 +276,15 @@ def test_best_checkpoint_exists_only_when_selected_on_the_source(tmp_path, synth
     selection = read_meta(str(tmp_path / "selected" / "best.safetensors")).provenance["selection"]
     assert selection["dataset"] == "source-val" and selection["metric"] == "mIoU"
     assert selection["iteration"] in (2, 4) and selection["value"] == summary["best"]
+
+
+@pytest.mark.parametrize("seconds_left, expected", [(1e6, 8), (0.0, 3)])
+def test_a_deadline_resizes_the_schedule_while_training(tmp_path, synth_root, seconds_left, expected):
+    """With ``deadline`` (time, fewest, most) the run re-sizes schedule.iterations to what fits before the time
+    (bounded by fewest and most), as the demo does when its steps speed up after the background rendering."""
+    cfg = load_config(str(tiny_config(tmp_path, synth_root, "budget", heads="[seg]", iterations=4)))
+    trainer = Trainer(cfg, device="cpu", resume=None, progress=False)
+    trainer.deadline, trainer.replan_every = (time.perf_counter() + seconds_left, 3, 8), 1
+    summary = trainer.train()
+    assert summary["iteration"] == expected == trainer.cfg.schedule.iterations
+    assert len(trainer.step_times) == expected

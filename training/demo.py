@@ -242,9 +242,15 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
             print(f"calibration: s/iteration with {measured}; {plan['train_budget_s']:.0f} s of the "
                   f"{size.budget_s:.0f} s budget left for training -> {plan['iterations']} iterations on "
                   f"{plan['threads']} thread(s)", flush=True)
+        most = size.iterations
         size = replace(size, iterations=plan["iterations"])
         cfg = config_from_dict(_train_config(data, run_dir, size, min(workers, 1), resolved))
-        summary = Trainer(cfg, device="cpu", resume=None, progress=True).train()
+        trainer = Trainer(cfg, device="cpu", resume=None, progress=True)
+        if size.budget_s is not None:
+            # Re-sized while it runs: the calibration ran beside the val rendering, which ends early in training.
+            trainer.deadline = (started + size.budget_s - size.reserve_s, size.min_iterations, most)
+        summary = trainer.train()
+        plan["iterations_run"] = summary["iteration"]
         checkpoint = summary["final"]
         timings["render_val_s"] = rendering.result()
     timings["train_s"] = time.perf_counter() - t
@@ -309,7 +315,10 @@ def print_summary(result: dict) -> None:
     t, plan = result["timings"], result["training"]
     print(f"\nprecision: {result['precision']}; machine: {device_line(result['machine'])}")
     step = f", calibrated at {plan['step_s']:.2f} s/iteration" if plan["step_s"] is not None else ""
-    print(f"training: {plan['iterations']} iterations on {plan['threads']} thread(s){step}")
+    ran = plan.get("iterations_run", plan["iterations"])
+    print(f"training: {ran} iterations on {plan['threads']} thread(s) (planned {plan['iterations']}{step}, "
+          f"re-sized to the budget while training)" if ran != plan["iterations"] else
+          f"training: {ran} iterations on {plan['threads']} thread(s){step}")
     print(f"time: {t['total_s'] / 60:.1f} min (render {t['render_s']:.0f} s, train {t['train_s']:.0f} s with "
           f"{t['render_val_s']:.0f} s of val rendering beside it, "
           f"bag {t['bag_s']:.0f} s, ROS 2 replay {t['replay_s']:.0f} s with offline scoring {t['eval_s']:.0f} s "
