@@ -404,8 +404,9 @@ class Trainer:
         return summary
 
     def _replan(self, end: int, now: float) -> int:
-        """The new last iteration under ``deadline`` (see __init__); ``end`` once 80 % of it is done."""
-        if self.iteration >= 0.8 * end:
+        """The new last iteration under ``deadline`` (see __init__); ``end`` once 80 % of it is done, and always in a
+        distributed run (ranks timing their own steps could disagree and leave one waiting in a collective)."""
+        if self.iteration >= 0.8 * end or self.dist.world > 1:
             return end
         deadline, fewest, most = self.deadline
         recent = sorted(self.step_times[-self.replan_every:])
