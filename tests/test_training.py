@@ -260,8 +260,11 @@ def test_best_checkpoint_exists_only_when_selected_on_the_source(tmp_path, synth
     (data.select) produces best.safetensors, and its metadata names the set it was selected on."""
     plain = tiny_config(tmp_path, synth_root, "plain", iterations=4).read_text()
     (tmp_path / "plain.yaml").write_text(plain.replace("eval_interval: 0", "eval_interval: 2"))
-    summary = Trainer(load_config(str(tmp_path / "plain.yaml")), device="cpu", resume=None, progress=False).train()
+    trainer = Trainer(load_config(str(tmp_path / "plain.yaml")), device="cpu", resume=None, progress=False)
+    summary = trainer.train()
     assert [h["iteration"] for h in summary["history"]] == [2, 4]
+    # one duration per optimiser step (the demo's calibration reads them); evaluations are inside the steps' spans
+    assert len(trainer.step_times) == 4 and all(t > 0 for t in trainer.step_times)
     assert "synth-val" in summary["history"][0]["results"]
     assert not (tmp_path / "plain" / "best.safetensors").exists()
     assert read_meta(str(tmp_path / "plain" / "final.safetensors")).provenance["final"]
@@ -273,3 +276,15 @@ def test_best_checkpoint_exists_only_when_selected_on_the_source(tmp_path, synth
     selection = read_meta(str(tmp_path / "selected" / "best.safetensors")).provenance["selection"]
     assert selection["dataset"] == "source-val" and selection["metric"] == "mIoU"
     assert selection["iteration"] in (2, 4) and selection["value"] == summary["best"]
+
+
+@pytest.mark.parametrize("seconds_left, expected", [(1e6, 8), (0.0, 3)])
+def test_a_deadline_resizes_the_schedule_while_training(tmp_path, synth_root, seconds_left, expected):
+    """With ``deadline`` (time, fewest, most) the run re-sizes schedule.iterations to what fits before the time
+    (bounded by fewest and most), as the demo does when its steps speed up after the background rendering."""
+    cfg = load_config(str(tiny_config(tmp_path, synth_root, "budget", heads="[seg]", iterations=4)))
+    trainer = Trainer(cfg, device="cpu", resume=None, progress=False)
+    trainer.deadline, trainer.replan_every = (time.perf_counter() + seconds_left, 3, 8), 1
+    summary = trainer.train()
+    assert summary["iteration"] == expected == trainer.cfg.schedule.iterations
+    assert len(trainer.step_times) == expected

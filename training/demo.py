@@ -6,11 +6,12 @@
 1. renders the synthetic domain-shift benchmark (flat-shaded source style; textured target style in clear, fog,
    night, rain and snow);
 2. trains the tiny EVA02 VLTSeg+VLTDet model on the source style and writes a checkpoint. The iteration count
-   fits a time budget: a 3-iteration calibration run measures this machine's step time first;
-3. scores the checkpoint on every domain (the domain gap);
-4. writes a replay bag (MCAP) of target-style frames with ground truth;
-5. starts the real ROS 2 node on the checkpoint, plays the bag into it through DDS with /clock, and scores the
-   node's outputs online with the evaluator node (plus an offline replay with overlay frames and an MP4);
+   fits a time budget: a 4-iteration calibration run measures this machine's step time first;
+3. writes a replay bag (MCAP) of target-style frames with ground truth;
+4. starts the real ROS 2 node on the checkpoint, plays the bag into it through DDS with /clock, and scores the
+   node's outputs online with the evaluator node;
+5. meanwhile, on the other core, scores the checkpoint on every domain (the domain gap); then an offline replay
+   of the bag with overlay frames and an MP4;
 6. prints a table and the report folder.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Callable, Optional
@@ -68,10 +69,14 @@ class DemoSize:
     min_iterations: int = 1
 
 
-# Batch 4: on a random-init model twice the steps of batch 8 in the same time learned more (mIoU and AP50).
-FULL = DemoSize(256, 512, 300, 40, 900, 4, 256, 8, 2.0, budget_s=540.0, reserve_s=90.0, min_iterations=200)
+# Batch 2: on a random-init model more, smaller steps in the same time learned more: batch 4 beat batch 8, and
+# batch 2 beat batch 4 (a batch-2 step takes under half the time of a batch-4 one on one CPU thread). reserve_s
+# covers the bag, the ROS 2 replay with the offline scoring beside it, and the offline replay.
+FULL = DemoSize(256, 512, 300, 40, 1800, 2, 256, 8, 2.0, budget_s=540.0, reserve_s=75.0, min_iterations=300)
 QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0)
-CALIBRATION_ITERATIONS = 3
+CALIBRATION_ITERATIONS = 4
+# One thread: the other core renders the val splits and runs the loader (see plan_training).
+TRAIN_THREADS = 1
 
 
 def _train_config(data: str, out: str, size: DemoSize, workers: int, precision: str) -> dict:
@@ -98,17 +103,17 @@ def _train_config(data: str, out: str, size: DemoSize, workers: int, precision: 
 def plan_training(cfg: dict, size: DemoSize, started: float) -> dict:
     """Threads and iteration count for ``size`` on this machine, and sets torch's intra-op threads to them.
 
-    Throwaway runs of ``CALIBRATION_ITERATIONS`` iterations of the demo's own training config (``cfg``) measure the
-    step time with torch's default threads and with one; the faster wins (on a busy 2-core machine two spinning
-    OpenMP threads beside the loader process were 5-8x slower than one). Training gets what is left of the budget
-    (counted from ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``,
-    ``step_s`` (None without a budget) and ``train_budget_s``."""
+    Training runs on ``TRAIN_THREADS`` (one) intra-op thread: the loader process and the background rendering of
+    the val splits hold the other core of a 2-core machine, where two spinning OpenMP threads were 5-12x slower
+    than one (bench/RESULTS.md, issue #12). A throwaway run of ``CALIBRATION_ITERATIONS`` iterations of the demo's
+    own training config (``cfg``) measures the step time; training gets what is left of the budget (counted from
+    ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``, ``step_s``
+    (None without a budget) and ``train_budget_s``."""
     if size.budget_s is None:
         return {"iterations": size.iterations, "threads": torch.get_num_threads(), "step_s": None,
                 "train_budget_s": None}
-    step_s = {threads: _calibration_step_s(cfg, threads) for threads in sorted({torch.get_num_threads(), 1})}
-    threads = min(step_s, key=step_s.get)
-    torch.set_num_threads(threads)
+    threads = TRAIN_THREADS
+    step_s = {threads: _calibration_step_s(cfg, threads)}
     budget = size.budget_s - (time.perf_counter() - started) - size.reserve_s
     iterations = min(size.iterations, max(size.min_iterations, int(budget / step_s[threads])))
     return {"iterations": iterations, "threads": threads, "step_s": step_s[threads], "train_budget_s": budget,
@@ -116,7 +121,11 @@ def plan_training(cfg: dict, size: DemoSize, started: float) -> dict:
 
 
 def _calibration_step_s(cfg: dict, threads: int) -> float:
-    """Seconds per iteration of ``cfg`` on ``threads`` intra-op threads (loader start-up included: errs long)."""
+    """Seconds per iteration of ``cfg`` on ``threads`` intra-op threads.
+
+    The median of the steps after the first: the first waits for the loader process to start and for the first
+    batch. Counted in, 3 iterations of batch 2 under AVX2 emulation read 2.23 s per step against ~1 s in the
+    training that followed. Without per-step times (a stand-in trainer) the wall time of the whole run counts."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         schedule = {**cfg["schedule"], "iterations": CALIBRATION_ITERATIONS,
@@ -125,6 +134,9 @@ def _calibration_step_s(cfg: dict, threads: int) -> float:
                           resume=None, progress=False)
         timed = time.perf_counter()
         trainer.train()
+        steps = sorted(getattr(trainer, "step_times", [])[1:])
+        if steps:
+            return steps[len(steps) // 2]
         return (time.perf_counter() - timed) / CALIBRATION_ITERATIONS
 
 
@@ -133,6 +145,13 @@ def _timed(fn: Callable[..., object], *args: object, **kwargs: object) -> float:
     started = time.perf_counter()
     fn(*args, **kwargs)
     return time.perf_counter() - started
+
+
+def _timed_result(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[float, object]:
+    """(seconds, result) of ``fn(*args, **kwargs)``."""
+    started = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - started, result
 
 
 def _step(title: str) -> float:
@@ -223,33 +242,42 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
             print(f"calibration: s/iteration with {measured}; {plan['train_budget_s']:.0f} s of the "
                   f"{size.budget_s:.0f} s budget left for training -> {plan['iterations']} iterations on "
                   f"{plan['threads']} thread(s)", flush=True)
+        most = size.iterations
         size = replace(size, iterations=plan["iterations"])
         cfg = config_from_dict(_train_config(data, run_dir, size, min(workers, 1), resolved))
-        summary = Trainer(cfg, device="cpu", resume=None, progress=True).train()
+        trainer = Trainer(cfg, device="cpu", resume=None, progress=True)
+        if size.budget_s is not None:
+            # Re-sized while it runs: the calibration ran beside the val rendering, which ends early in training.
+            trainer.deadline = (started + size.budget_s - size.reserve_s, size.min_iterations, most)
+        summary = trainer.train()
+        plan["iterations_run"] = summary["iteration"]
         checkpoint = summary["final"]
         timings["render_val_s"] = rendering.result()
     timings["train_s"] = time.perf_counter() - t
 
-    t = _step("3/6 scoring every domain (offline)")
-    model, meta = load_checkpoint(checkpoint)
-    domains = {}
-    for spec in cfg.data.val:
-        domains[spec.title] = evaluate_dataset(model, meta, build_dataset(spec.name, spec.root, spec.split), "cpu",
-                                               resolved)
-    write_report(domains, os.path.join(report, "domains"), meta.model.classes, {"checkpoint": checkpoint})
-    timings["eval_s"] = time.perf_counter() - t
-
-    t = _step("4/6 writing a replay bag of target-style frames")
+    t = _step("3/6 writing a replay bag of target-style frames")
     bag = os.path.join(out, "replay_bag")
     frames = _write_replay_bag(data, bag, size)
     timings["bag_s"] = time.perf_counter() - t
 
-    t = _step("5/6 replaying the bag into the ROS 2 node through DDS (node + evaluator + player)")
+    # The ROS 2 replay is paced by the bag and its node runs on one core; scoring every domain offline runs on the
+    # other core meanwhile (sequentially the two took 48 + 30 s of the budget).
+    t = _step("4/6 replaying the bag into the ROS 2 node through DDS (node + evaluator + player), and 5/6 scoring "
+              "every domain offline beside it")
     online_dir = os.path.join(report, "ros2_replay")
     os.makedirs(online_dir, exist_ok=True)
-    online = _ros_replay(checkpoint, bag, frames, online_dir, domain_id, timeout=max(300.0, frames * 10.0),
-                         precision=resolved)
-    timings["replay_s"] = time.perf_counter() - t
+    with ThreadPoolExecutor(max_workers=1) as replay_thread:
+        replay = replay_thread.submit(_timed_result, _ros_replay, checkpoint, bag, frames, online_dir, domain_id,
+                                      timeout=max(300.0, frames * 10.0), precision=resolved)
+        model, meta = load_checkpoint(checkpoint)
+        domains = {}
+        for spec in cfg.data.val:
+            domains[spec.title] = evaluate_dataset(model, meta, build_dataset(spec.name, spec.root, spec.split),
+                                                   "cpu", resolved)
+        write_report(domains, os.path.join(report, "domains"), meta.model.classes, {"checkpoint": checkpoint})
+        timings["eval_s"] = time.perf_counter() - t
+        timings["replay_s"], online = replay.result()
+    timings["replay_and_eval_s"] = time.perf_counter() - t
 
     t = _step("6/6 offline replay of the same bag (overlay frames and MP4)")
     predictor = Predictor(model, meta, device="cpu", precision=resolved, score_threshold=SCORE_THRESHOLD)
@@ -287,11 +315,14 @@ def print_summary(result: dict) -> None:
     t, plan = result["timings"], result["training"]
     print(f"\nprecision: {result['precision']}; machine: {device_line(result['machine'])}")
     step = f", calibrated at {plan['step_s']:.2f} s/iteration" if plan["step_s"] is not None else ""
-    print(f"training: {plan['iterations']} iterations on {plan['threads']} thread(s){step}")
+    ran = plan.get("iterations_run", plan["iterations"])
+    print(f"training: {ran} iterations on {plan['threads']} thread(s) (planned {plan['iterations']}{step}, "
+          f"re-sized to the budget while training)" if ran != plan["iterations"] else
+          f"training: {ran} iterations on {plan['threads']} thread(s){step}")
     print(f"time: {t['total_s'] / 60:.1f} min (render {t['render_s']:.0f} s, train {t['train_s']:.0f} s with "
           f"{t['render_val_s']:.0f} s of val rendering beside it, "
-          f"eval {t['eval_s']:.0f} s, bag {t['bag_s']:.0f} s, replay {t['replay_s']:.0f} s, "
-          f"offline replay {t['offline_replay_s']:.0f} s)")
+          f"bag {t['bag_s']:.0f} s, ROS 2 replay {t['replay_s']:.0f} s with offline scoring {t['eval_s']:.0f} s "
+          f"beside it ({t['replay_and_eval_s']:.0f} s for both), offline replay {t['offline_replay_s']:.0f} s)")
     print(f"report: {os.path.abspath(result['report'])}")
 
 

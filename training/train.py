@@ -252,6 +252,13 @@ class Trainer:
                               f"world size {world} x accum_steps {accum}")
         self.per_rank_batch = cfg.schedule.batch_size // (world * accum)
         self.writer = None
+        # Optional time budget: (perf_counter deadline, fewest iterations, most iterations). Every ``replan_every``
+        # steps, until 80 % of the current plan, schedule.iterations (and with it the poly lr) is re-sized to the
+        # steps that fit before the deadline at the median of the recent step times. The demo uses it: its steps
+        # run twice as fast once the val splits it renders in the background are written.
+        self.deadline: Optional[tuple[float, int, int]] = None
+        self.replan_every = 20
+        self.step_times: list[float] = []
 
     def _build_model(self) -> VLTSeg:
         spec = self.cfg.model
@@ -336,6 +343,8 @@ class Trainer:
         bar = _progress(self.iteration, s.iterations, self.progress)
         self.model.train()
         started, images_seen = time.perf_counter(), 0
+        self.step_times = []  # seconds of each optimiser step of this call, data wait included
+        stepped = started
         while self.iteration < end:
             lr = set_learning_rates(self.optimizer, self.iteration, cfg)
             self.optimizer.zero_grad(set_to_none=True)
@@ -360,6 +369,13 @@ class Trainer:
                 grad_norm = float("nan")
             self.optimizer.step()
             self.iteration += 1
+            now = time.perf_counter()
+            self.step_times.append(now - stepped)
+            stepped = now
+            if self.deadline is not None and self.stop_at is None and self.iteration % self.replan_every == 0:
+                end = self._replan(end, now)
+                if bar is not None:
+                    bar.total = end
             total = sum(totals.values())
             if not math.isfinite(total):
                 raise FloatingPointError(f"loss became {total} at iteration {self.iteration}")
@@ -386,6 +402,19 @@ class Trainer:
         summary = self._finish(end)
         self.dist.close()
         return summary
+
+    def _replan(self, end: int, now: float) -> int:
+        """The new last iteration under ``deadline`` (see __init__); ``end`` once 80 % of it is done, and always in a
+        distributed run (ranks timing their own steps could disagree and leave one waiting in a collective)."""
+        if self.iteration >= 0.8 * end or self.dist.world > 1:
+            return end
+        deadline, fewest, most = self.deadline
+        recent = sorted(self.step_times[-self.replan_every:])
+        step = recent[len(recent) // 2]
+        planned = self.iteration + int(max(0.0, deadline - now) / max(step, 1e-9))
+        end = max(self.iteration + 1, min(most, max(fewest, planned)))
+        self.cfg.schedule.iterations = end
+        return end
 
     def _finish(self, end: int) -> dict:
         if end == self.cfg.schedule.iterations and self.cfg.schedule.eval_interval:
