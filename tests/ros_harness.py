@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 import cv2
 import numpy as np
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -36,12 +36,17 @@ class RosHarness:
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain_id)
         self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
+        # The probe spins alone on one thread: a multi-threaded executor may run two callbacks of one subscription
+        # out of order (ros2/rclcpp#702), and the probe records messages in the order they arrive.
+        self.probe_executor = SingleThreadedExecutor(context=self.context)
         self.probe = rclpy.create_node("probe", context=self.context)
-        self.executor.add_node(self.probe)
+        self.probe_executor.add_node(self.probe)
         self.received: dict[str, list] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
+        self._probe_thread = threading.Thread(target=self.probe_executor.spin, daemon=True)
+        self._probe_thread.start()
 
     def add_node(self, node) -> None:
         """Spin ``node`` in the harness executor."""
@@ -91,9 +96,11 @@ class RosHarness:
     def close(self) -> None:
         """Stop spinning and shut the context down."""
         self.executor.shutdown()
+        self.probe_executor.shutdown()
         self.probe.destroy_node()
         rclpy.shutdown(context=self.context)
         self._thread.join(timeout=5)
+        self._probe_thread.join(timeout=5)
 
 
 def image_msg(image: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = "camera_optical",

@@ -105,9 +105,9 @@ def plan_training(cfg: dict, size: DemoSize, started: float) -> dict:
 
     Training runs on ``TRAIN_THREADS`` (one) intra-op thread: the loader process and the background rendering of
     the val splits hold the other core of a 2-core machine, where two spinning OpenMP threads were 5-12x slower
-    than one (bench/RESULTS.md, issue #12). A throwaway run of ``CALIBRATION_ITERATIONS`` iterations of the demo's
-    own training config (``cfg``) measures the step time; training gets what is left of the budget (counted from
-    ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``, ``step_s``
+    than one (bench/RESULTS.md, the demo-quality runs). A throwaway run of ``CALIBRATION_ITERATIONS`` iterations of
+    the demo's own training config (``cfg``) measures the step time; training gets what is left of the budget
+    (counted from ``started``, a ``perf_counter`` time) after ``reserve_s``. Returns ``iterations``, ``threads``, ``step_s``
     (None without a budget) and ``train_budget_s``."""
     if size.budget_s is None:
         return {"iterations": size.iterations, "threads": torch.get_num_threads(), "step_s": None,

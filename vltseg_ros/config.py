@@ -265,7 +265,7 @@ def model_preset(name: str, heads: tuple[str, ...] = ("seg",)) -> ModelConfig:
     if "seg" in heads:
         # 1024 loss points: the tiny model's masks are 64x64 at the demo's 256 px crops (4096 pixels), and the
         # importance sampling draws 3x the point count per mask. With 2048 a training step took ~15 % longer for no
-        # better mIoU on the demo's schedule (bench/RESULTS.md, issue #12).
+        # better mIoU on the demo's schedule (bench/RESULTS.md, the demo-quality ablations).
         seg = SegHeadConfig(
             hidden_dim=64, num_queries=20, pixel_decoder_layers=2, decoder_layers=3, num_heads=4,
             decoder_ffn_dim=256, pixel_decoder_ffn_dim=256, train_num_points=1024,
