@@ -43,6 +43,16 @@ def test_core_imports_without_rclpy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+def test_the_online_evaluator_codec_and_bags_import_without_torch():
+    """Scoring published outputs and reading or writing bags needs no torch: the evaluator node starts in a
+    fraction of a second, not after torch's import."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any 'import torch' now raises ImportError
+        "import vltseg_ros.codec, vltseg_ros.bag, vltseg_ros.evaluation, vltseg_ros.node.evaluator\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     names = set()

@@ -9,12 +9,15 @@ dataset sample.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, NamedTuple, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Optional, Protocol
 
 import numpy as np
 
-from .predictor import Prediction, Predictor
+from .prediction import Prediction
 from .report import Scorer
+
+if TYPE_CHECKING:  # torch-free at run time: the online evaluator node scores without a predictor
+    from .predictor import Predictor
 
 
 class Frame(Protocol):

@@ -8,7 +8,6 @@ source pixels -> numpy.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,21 +21,11 @@ from .config import InferenceConfig, TTAConfig, validate_inference_config
 from .labels import IGNORE_INDEX
 from .model.detection import unpad_detections
 from .precision import autocast, resolve_precision
+from .prediction import Prediction
 
 
 class InputError(ValueError):
     """An input image is unusable (wrong shape, dtype, size or colour format)."""
-
-
-@dataclass
-class Prediction:
-    """Per-image result, all at the source image's resolution and in its pixel coordinates."""
-
-    label_map: Optional[np.ndarray]  # [H, W] uint8 class ids (trainIds), 255 = unlabeled; None without a seg head
-    confidence: Optional[np.ndarray]  # [H, W] float32 in [0, 1] (normalised class score of the winner), if asked
-    boxes: np.ndarray  # [N, 4] float32 xyxy in source pixels
-    box_class_ids: np.ndarray  # [N] int64 ids in ``Predictor.class_names``
-    box_scores: np.ndarray  # [N] float32
 
 
 def fit_size(height: int, width: int, box: Sequence[int]) -> tuple[int, int]:

@@ -28,8 +28,8 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 from ..bag import topics_for
 from ..codec import CodecError, detection_arrays, label_array, stamp_ns
 from ..evaluation import DatasetFrame, score
-from ..predictor import Prediction
 from ..labels import CITYSCAPES_CLASSES, CITYSCAPES_THING_CLASSES, IGNORE_INDEX
+from ..prediction import Prediction
 from ..report import Scorer, percent, write_report
 from .parameters import ParamSpec
 
