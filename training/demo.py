@@ -112,12 +112,11 @@ def plan_training(cfg: dict, size: DemoSize, started: float) -> dict:
     if size.budget_s is None:
         return {"iterations": size.iterations, "threads": torch.get_num_threads(), "step_s": None,
                 "train_budget_s": None}
-    threads = TRAIN_THREADS
-    step_s = {threads: _calibration_step_s(cfg, threads)}
+    step_s = _calibration_step_s(cfg, TRAIN_THREADS)
     budget = size.budget_s - (time.perf_counter() - started) - size.reserve_s
-    iterations = min(size.iterations, max(size.min_iterations, int(budget / step_s[threads])))
-    return {"iterations": iterations, "threads": threads, "step_s": step_s[threads], "train_budget_s": budget,
-            "calibration_s": {str(k): v for k, v in step_s.items()}}
+    iterations = min(size.iterations, max(size.min_iterations, int(budget / step_s)))
+    return {"iterations": iterations, "threads": TRAIN_THREADS, "step_s": step_s, "train_budget_s": budget,
+            "calibration_s": {str(TRAIN_THREADS): step_s}}
 
 
 def _calibration_step_s(cfg: dict, threads: int) -> float:
@@ -138,13 +137,6 @@ def _calibration_step_s(cfg: dict, threads: int) -> float:
         if steps:
             return steps[len(steps) // 2]
         return (time.perf_counter() - timed) / CALIBRATION_ITERATIONS
-
-
-def _timed(fn: Callable[..., object], *args: object, **kwargs: object) -> float:
-    """Seconds ``fn(*args, **kwargs)`` took (what a background task reports back)."""
-    started = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - started
 
 
 def _timed_result(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[float, object]:
@@ -235,7 +227,7 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
     # (see plan_training), so the second core would otherwise idle for the whole training.
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=cv2.setNumThreads,
                              initargs=(1,)) as background:
-        rendering = background.submit(_timed, synth.write_benchmark, data, **benchmark, splits=("val",))
+        rendering = background.submit(_timed_result, synth.write_benchmark, data, **benchmark, splits=("val",))
         plan = plan_training(_train_config(data, run_dir, size, min(workers, 1), resolved), size, started)
         if plan["step_s"] is not None:
             measured = ", ".join(f"{v:.2f} on {t} thread(s)" for t, v in plan["calibration_s"].items())
@@ -252,7 +244,7 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
         summary = trainer.train()
         plan["iterations_run"] = summary["iteration"]
         checkpoint = summary["final"]
-        timings["render_val_s"] = rendering.result()
+        timings["render_val_s"], _ = rendering.result()
     timings["train_s"] = time.perf_counter() - t
 
     t = _step("3/6 writing a replay bag of target-style frames")
