@@ -53,6 +53,11 @@ def test_quick_demo_produces_every_artefact(tmp_path):
     # the node and the offline replay ran at the precision "auto" resolved to
     assert f"cpu, {summary['precision']})" in (report / "ros2_replay" / "node.log").read_text()
     assert json.loads((report / "offline_replay" / "results.json").read_text())["precision"] == summary["precision"]
+    # the demo's network (8-px patch, its pyramid scales) survives the checkpoint the node loaded
+    from vltseg_ros.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(str(out / "run" / "final.safetensors"))
+    assert model.patch_size == 8 and meta.model.pyramid.scales == [2.0, 1.0, 0.5, 0.25]
 
 
 @pytest.mark.parametrize("step_s, expected", [
@@ -138,3 +143,58 @@ def test_calibration_leaves_out_the_loader_start_up(monkeypatch):
     assert plan["step_s"] == pytest.approx(1.0)
     assert plan["iterations"] == int((600.0 - 8.0 - 100.0) / 1.0)
 
+
+
+@pytest.mark.parametrize("two_thread_step_s, kept", [(0.7, 2), (1.0, 1), (3.0, 1)])
+def test_thread_governor_keeps_a_second_thread_only_when_it_is_faster(two_thread_step_s, kept):
+    """After the background rendering the governor tries two threads; it keeps them only at >= 1.1x the speed
+    (1.0 / 0.7), and goes back to one otherwise (a loaded machine: 3x slower), once."""
+    ready = [False]
+
+    class Stepping:
+        step_times: list[float] = []
+
+    trainer = Stepping()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        governor = demo.ThreadGovernor(lambda: ready[0], threads=2, window=10)
+        for _ in range(30):  # rendering still running: one thread
+            trainer.step_times.append(1.0 if torch.get_num_threads() == 1 else two_thread_step_s)
+            governor(trainer)
+        assert torch.get_num_threads() == 1 and governor.state == "waiting"
+        ready[0] = True
+        for _ in range(60):
+            trainer.step_times.append(1.0 if torch.get_num_threads() == 1 else two_thread_step_s)
+            governor(trainer)
+        assert torch.get_num_threads() == kept == governor.kept_threads
+        assert governor.state == ("kept" if kept == 2 else "reverted")
+        assert governor.step_s == {1: 1.0, 2: two_thread_step_s}
+        assert str(kept) in governor.summary().rsplit("->", 1)[1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_trainer_calls_its_step_hooks_after_every_step(tmp_path):
+    from vltseg_ros import synth
+    from vltseg_train.config import config_from_dict
+    from vltseg_train.train import Trainer
+
+    data = str(tmp_path / "data")
+    synth.write_benchmark(data, train=2, val=1, height=64, width=128, seed=0, splits=("train",))
+    size = dataclasses.replace(demo.QUICK, iterations=3)
+    cfg = demo._train_config(data, str(tmp_path / "run"), size, 0, "fp32")
+    cfg["data"]["val"] = []
+    trainer = Trainer(config_from_dict(cfg), device="cpu", resume=None, progress=False)
+    seen = []
+    trainer.step_hooks.append(lambda t: seen.append((t.iteration, len(t.step_times))))
+    trainer.train()
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_synth_tiny_config_trains_the_demos_network():
+    """training/configs/synth_tiny.yaml is the demo's recipe as a config file: the same network."""
+    from vltseg_train.config import load_config
+
+    cfg = load_config(str(ROOT / "training" / "configs" / "synth_tiny.yaml"))
+    assert cfg.model.overrides == demo.MODEL_OVERRIDES

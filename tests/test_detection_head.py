@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from vltseg_ros.config import model_preset
+from vltseg_ros.config import ConfigError, model_preset, validate_model_config
 from vltseg_ros.model import ENCODERS, build_model
 from vltseg_ros.model.detection import exact_scale_roi_align, nms_keep, unpad_detections
 from vltseg_ros.model.encoder import EncoderSpec, pad_to_multiple
@@ -86,8 +86,8 @@ def test_fixed_shape_inference_equals_torchvision(patch, tiny_patch14):
 
 def test_roi_pooling_uses_exact_patch14_strides():
     names = ["0", "1", "2", "3"]
-    pool = exact_scale_roi_align(names, patch_size=14)
     strides = [3.5, 7.0, 14.0, 28.0]
+    pool = exact_scale_roi_align(names, strides)
     grid = (16, 32)  # patch grid of a 224x448 input
     features = OrderedDict()
     for name, stride in zip(names, strides):
@@ -98,6 +98,37 @@ def test_roi_pooling_uses_exact_patch14_strides():
         pooled = pool(features, [torch.tensor([box])], [(224, 448)])
         centre = (box[0] + box[2]) / 2
         assert abs(float(pooled.mean()) - centre) < 14, (box, float(pooled.mean()))
+
+
+def test_patch8_encoder_with_its_pyramid_keeps_strides_4_to_32():
+    """A patch-8 tiny encoder (model.encoder.patch_size) with pyramid scales 2/1/0.5/0.25: the heads see the same
+    4/8/16/32 strides as with patch 16, and the RoI pooler and anchors use them."""
+    cfg = model_preset("eva02_tiny", ("seg", "det"))
+    cfg.encoder.patch_size = 8
+    cfg.pyramid.scales = [2.0, 1.0, 0.5, 0.25]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert model.patch_size == 8
+    assert model.det_head.roi_heads.box_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    with torch.no_grad():
+        levels = model.features(torch.randn(1, 3, 64, 128))
+        out = model(torch.randn(2, 3, 64, 128))
+    assert [tuple(x.shape[-2:]) for x in levels] == [(16, 32), (8, 16), (4, 8), (2, 4)]
+    assert out["seg_scores"].shape == (2, 19, 64, 128)
+    model.train()
+    losses = model(torch.randn(2, 3, 64, 128), torch.randint(0, 19, (2, 64, 128)),
+                   [{"boxes": torch.tensor([[4.0, 8.0, 40.0, 60.0]]), "labels": torch.tensor([2])}] * 2)
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total) and model.encoder.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("scales", [[4, 2, 1], [4, 2, 3, 0.5], [2, 4, 1, 0.5], [32, 16, 8, 4]])
+def test_pyramid_scales_are_validated(scales):
+    cfg = model_preset("eva02_tiny", ("seg",))
+    cfg.pyramid.scales = scales
+    with pytest.raises(ConfigError, match="pyramid.scales"):
+        validate_model_config(cfg)
 
 
 def test_eval_network_compiles_to_one_graph():

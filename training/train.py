@@ -22,7 +22,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -259,6 +259,8 @@ class Trainer:
         self.deadline: Optional[tuple[float, int, int]] = None
         self.replan_every = 20
         self.step_times: list[float] = []
+        # Called with the trainer after every optimiser step (the demo's thread governor uses it).
+        self.step_hooks: list[Callable[["Trainer"], None]] = []
 
     def _build_model(self) -> VLTSeg:
         spec = self.cfg.model
@@ -372,6 +374,8 @@ class Trainer:
             now = time.perf_counter()
             self.step_times.append(now - stepped)
             stepped = now
+            for hook in self.step_hooks:
+                hook(self)
             if self.deadline is not None and self.stop_at is None and self.iteration % self.replan_every == 0:
                 end = self._replan(end, now)
                 if bar is not None:

@@ -6,6 +6,7 @@ flags) and trusted afterwards. ``to_dict``/``from_dict`` round-trip exactly, whi
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -24,6 +25,8 @@ class EncoderConfig:
     name: str = "eva02_l14"
     taps: Optional[list[int]] = None  # None = the encoder's default taps
     drop_path_rate: float = 0.2
+    # None = the encoder's own; with another size timm resamples pretrained patch embeddings (FlexiViT).
+    patch_size: Optional[int] = None
 
 
 @dataclass
@@ -31,6 +34,9 @@ class PyramidConfig:
     """Simple feature pyramid: normalisation after the first deconvolution of the stride-4 branch."""
 
     norm: str = "batch"  # "batch" (SyncBatchNorm under DDP) or "group"
+    # Resampling of the four taps, finest first, relative to the patch grid: ViTDet's 4/2/1/0.5 give strides
+    # 4/8/16/32 with patch 16. Each a power of two from 1/8 to 8 (a patch-8 encoder takes 2/1/0.5/0.25).
+    scales: list[float] = field(default_factory=lambda: [4.0, 2.0, 1.0, 0.5])
 
 
 @dataclass
@@ -227,6 +233,12 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError("model.palette: need one RGB triple per class")
     if cfg.pyramid.norm not in ("batch", "group"):
         raise ConfigError(f"model.pyramid.norm: 'batch' or 'group', got {cfg.pyramid.norm!r}")
+    scales = cfg.pyramid.scales
+    if (len(scales) != 4 or any(s <= 0 or not math.log2(s).is_integer() or abs(math.log2(s)) > 3 for s in scales)
+            or any(a <= b for a, b in zip(scales, scales[1:]))):
+        raise ConfigError(f"model.pyramid.scales: need 4 decreasing powers of two from 1/8 to 8, got {scales}")
+    if cfg.encoder.patch_size is not None and not 4 <= cfg.encoder.patch_size <= 32:
+        raise ConfigError(f"model.encoder.patch_size: need 4..32 px, got {cfg.encoder.patch_size}")
     if cfg.det_head is not None and not cfg.det_head.classes:
         raise ConfigError("model.det_head.classes: need at least one detection class")
     if cfg.det_head is not None:

@@ -87,15 +87,16 @@ def _top(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return ordered[:, :k], index[:, :k]
 
 
-def exact_scale_roi_align(names: Sequence[str], patch_size: int) -> MultiScaleRoIAlign:
-    """torchvision's MultiScaleRoIAlign with the pyramid's exact spatial scales (4/p, 2/p, 1/p, 1/(2p)).
+def exact_scale_roi_align(names: Sequence[str], strides: Sequence[float]) -> MultiScaleRoIAlign:
+    """torchvision's MultiScaleRoIAlign with the pyramid's exact spatial scales (1 / stride: 4/p, 2/p, 1/p, 1/(2p)
+    for a patch-p encoder).
 
     torchvision infers scales on its first call and rounds them to powers of two: for the 3.5/7/14/28 strides of
     a patch-14 pyramid that pools every box from 7/8 of its true position. Levels are still assigned by the FPN
     rule (canonical 224 px box -> level 4) over levels 2-5.
     """
     pool = MultiScaleRoIAlign(featmap_names=list(names), output_size=7, sampling_ratio=2)
-    pool.scales = [4.0 / patch_size / 2 ** i for i in range(len(names))]
+    pool.scales = [1.0 / stride for stride in strides]
     lvl_min = round(-math.log2(pool.scales[0]))
     pool.map_levels = initLevelMapper(lvl_min, lvl_min + len(names) - 1, canonical_scale=pool.canonical_scale,
                                       canonical_level=pool.canonical_level)
@@ -143,9 +144,9 @@ def _is_static_capture() -> bool:
 
 
 class DetectionHead(nn.Module):
-    """Boxes from four pyramid levels (finest first) of a ``patch_size`` encoder."""
+    """Boxes from four pyramid levels (finest first) whose strides in input pixels are ``strides``."""
 
-    def __init__(self, in_channels: int, cfg: DetHeadConfig, patch_size: int = 16):
+    def __init__(self, in_channels: int, cfg: DetHeadConfig, strides: Sequence[float] = (4.0, 8.0, 16.0, 32.0)):
         super().__init__()
         self.cfg = cfg
         # Eval path: None = the fixed-shape path while compiling or tracing and torchvision's own path in eager
@@ -167,7 +168,7 @@ class DetectionHead(nn.Module):
             nms_thresh=0.7,
         )
         self.roi_heads = RoIHeads(
-            exact_scale_roi_align(names, patch_size), TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size),
+            exact_scale_roi_align(names, strides), TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size),
             Float32BoxPredictor(cfg.representation_size, len(cfg.classes) + 1),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=cfg.roi_batch_size_per_image,
             positive_fraction=0.25,

@@ -47,13 +47,15 @@ class PretrainedWeightsError(RuntimeError):
 class ClipEncoder(nn.Module):
     """A timm CLIP ViT trunk that returns the outputs of four tap blocks as [B, C, H/p, W/p] maps."""
 
-    def __init__(self, name: str, taps: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0):
+    def __init__(self, name: str, taps: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0,
+                 patch_size: Optional[int] = None):
         super().__init__()
         spec = ENCODERS[name]
         self.name = name
+        overrides = dict(spec.overrides) if patch_size is None else {**spec.overrides, "patch_size": patch_size}
         self.trunk = timm.create_model(
             spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True,
-            drop_path_rate=drop_path_rate, **spec.overrides,
+            drop_path_rate=drop_path_rate, **overrides,
         )
         self.taps = list(spec.taps if taps is None else taps)
         depth = len(self.trunk.blocks)

@@ -29,9 +29,10 @@ class VLTSeg(nn.Module):
         self.normalization = normalization or NormalizationConfig()
         self.register_buffer("pixel_mean", torch.tensor(self.normalization.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.normalization.std).view(1, 3, 1, 1), persistent=False)
-        self.encoder = ClipEncoder(cfg.encoder.name, cfg.encoder.taps, cfg.encoder.drop_path_rate)
+        self.encoder = ClipEncoder(cfg.encoder.name, cfg.encoder.taps, cfg.encoder.drop_path_rate,
+                                   cfg.encoder.patch_size)
         width = self.encoder.embed_dim
-        self.pyramid = SimpleFeaturePyramid(width, cfg.pyramid.norm)
+        self.pyramid = SimpleFeaturePyramid(width, cfg.pyramid.norm, cfg.pyramid.scales)
         self.seg_head: Optional[Mask2FormerHead] = None
         self.seg_loss: Optional[Mask2FormerLoss] = None
         self.det_head: Optional[DetectionHead] = None
@@ -50,7 +51,9 @@ class VLTSeg(nn.Module):
                 oversample_ratio=s.oversample_ratio, importance_sample_ratio=s.importance_sample_ratio,
             )
         if cfg.det_head is not None:
-            self.det_head = DetectionHead(width, cfg.det_head, self.encoder.patch_size)
+            self.det_head = DetectionHead(
+                width, cfg.det_head, [self.encoder.patch_size / scale for scale in self.pyramid.scales]
+            )
 
     def normalize(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] RGB float images on the 0-255 scale -> the network's normalised input."""
