@@ -135,25 +135,29 @@ class ThreadGovernor:
 
     On an otherwise idle 2-core machine a second thread makes a batch-2 step about 1.3x faster; on a loaded one
     two spinning OpenMP threads were 5-12x slower than one (bench/RESULTS.md). So the governor measures instead of
-    guessing: the median of the last ``window`` steps on one thread against the median of ``window`` steps on
-    two, and it keeps two only when they are at least ``gain`` times faster. It tries once."""
+    guessing: the median of ``window`` steps on one thread after the rendering has ended (steps beside it are
+    slower and would flatter two threads) against the median of ``window`` steps on two, and it keeps two only when
+    they are at least ``gain`` times faster. It tries once."""
 
     def __init__(self, ready: Callable[[], bool], threads: int = 2, window: int = 10, gain: float = 1.1):
         self.ready, self.threads, self.window, self.gain = ready, threads, window, gain
-        self.state = "waiting"  # -> "trying" -> "kept" | "reverted"
+        self.state = "waiting"  # -> "measuring" -> "trying" -> "kept" | "reverted"
         self.base_threads = torch.get_num_threads()
         self.started_at = 0
         self.step_s: dict[int, float] = {}
 
-    def _median(self, times: list[float]) -> float:
-        recent = sorted(times[-self.window:])
-        return recent[len(recent) // 2]
+    @staticmethod
+    def _median(times: list[float]) -> float:
+        ordered = sorted(times)
+        return ordered[len(ordered) // 2]
 
     def __call__(self, trainer: Trainer) -> None:
         times = trainer.step_times
-        if self.state == "waiting" and len(times) >= self.window and self.ready():
+        if self.state == "waiting" and self.ready():
+            self.state, self.started_at = "measuring", len(times)
+        elif self.state == "measuring" and len(times) >= self.started_at + self.window:
             self.base_threads = torch.get_num_threads()
-            self.step_s[self.base_threads] = self._median(times)
+            self.step_s[self.base_threads] = self._median(times[self.started_at:])
             torch.set_num_threads(self.threads)
             self.state, self.started_at = "trying", len(times)
         elif self.state == "trying" and len(times) >= self.started_at + self.window + 1:
