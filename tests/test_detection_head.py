@@ -244,3 +244,20 @@ def test_loss_weight_scales_every_detection_loss():
     assert set(losses[0]) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
     for key, value in losses[0].items():
         torch.testing.assert_close(losses[1][key], 3.0 * value)
+
+
+def test_pyramid_levels_have_norms_of_their_own():
+    """Two upsampling levels (scales 8 and 4) each get their own norm layers of the configured kind; the default
+    scales keep the state-dict layout older checkpoints were saved with."""
+    from vltseg_ros.model.pyramid import SimpleFeaturePyramid
+
+    pyramid = SimpleFeaturePyramid(32, "batch", scales=[8, 4, 2, 1])
+    norms = [m for m in pyramid.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 3 and len({id(m) for m in norms}) == 3
+    assert not any(isinstance(m, torch.nn.GroupNorm) for m in pyramid.modules())
+    assert [tuple(x.shape[-2:]) for x in pyramid([torch.randn(1, 32, 4, 4)] * 4)] == [(32, 32), (16, 16), (8, 8),
+                                                                                     (4, 4)]
+    assert sorted(SimpleFeaturePyramid(32).state_dict()) == [
+        "levels.0.0.bias", "levels.0.0.weight", "levels.0.1.bias", "levels.0.1.num_batches_tracked",
+        "levels.0.1.running_mean", "levels.0.1.running_var", "levels.0.1.weight", "levels.0.3.bias",
+        "levels.0.3.weight", "levels.1.bias", "levels.1.weight"]

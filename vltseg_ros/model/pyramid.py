@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
 
-def _level(scale: float, channels: int, norm: nn.Module) -> nn.Module:
+def _level(scale: float, channels: int, make_norm: Callable[[], nn.Module]) -> nn.Module:
     """Resample a tap map by ``scale`` (a power of two): x4 deconv-norm-GELU-deconv, x2 deconv, x1 identity,
     below 1 max pooling (ViTDet's branches; x8 adds one more norm-GELU-deconv)."""
     steps = round(math.log2(scale))
@@ -18,9 +18,8 @@ def _level(scale: float, channels: int, norm: nn.Module) -> nn.Module:
     if steps == 1:
         return nn.ConvTranspose2d(channels, channels, 2, stride=2)
     layers: list[nn.Module] = [nn.ConvTranspose2d(channels, channels, 2, stride=2)]
-    for index in range(1, steps):
-        layers += [norm if index == 1 else nn.GroupNorm(32, channels), nn.GELU(),
-                   nn.ConvTranspose2d(channels, channels, 2, stride=2)]
+    for _ in range(1, steps):
+        layers += [make_norm(), nn.GELU(), nn.ConvTranspose2d(channels, channels, 2, stride=2)]
     return nn.Sequential(*layers)
 
 
@@ -34,8 +33,10 @@ class SimpleFeaturePyramid(nn.Module):
     def __init__(self, channels: int, norm: str = "batch", scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5)):
         super().__init__()
         self.scales = [float(s) for s in scales]
-        norm_layer = nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(32, channels)
-        self.levels = nn.ModuleList([_level(s, channels, norm_layer) for s in self.scales])
+        def make_norm() -> nn.Module:
+            return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(32, channels)
+
+        self.levels = nn.ModuleList([_level(s, channels, make_norm) for s in self.scales])
 
     def forward(self, taps: Sequence[Tensor]) -> list[Tensor]:
         """4 x [B, C, h, w] tap maps -> 4 x [B, C, ...] maps, finest first."""
