@@ -430,9 +430,12 @@ def test_diagnostics_report_rates_latency_and_counters(ros, checkpoint):
         masks = ros.record(Image, "/vltseg/label_mask")
         pub = ros.publisher(Image, "/image")
         ros.wait_matched(pub)
-        first_stamp_ns = node.get_clock().now().nanoseconds
-        assert _publish_until(ros, pub, lambda i: image_msg(_frame(), "rgb8", node.get_clock().now().nanoseconds),
-                              masks, 3)
+        # Stamped an hour before the node's clock reads them (max_frame_age_s is off by default), so the latency
+        # holds at least 3.6e6 ms whatever the machine's speed: a check of its units and sign, not of speed
+        # (bench/node.py measures speed).
+        hour_ns = 3600 * 10**9
+        assert _publish_until(
+            ros, pub, lambda i: image_msg(_frame(), "rgb8", node.get_clock().now().nanoseconds - hour_ns), masks, 3)
         pub.publish(_with(image_msg(_frame(), "rgb8", 1), encoding="yuv422"))
 
         def latest():
@@ -449,9 +452,8 @@ def test_diagnostics_report_rates_latency_and_counters(ros, checkpoint):
                     "gpu_memory_mb", "rejected.encoding", "published.label_mask"):
             assert key in values
         assert "published.overlay" not in values  # nobody subscribed to it: never computed
-        # Latency runs from the header stamp (node clock at publishing) to publishing the result, so it lies within
-        # the time since the first stamp: a plumbing check, not a speed target (bench/node.py measures speed).
-        assert 0.0 <= float(values["latency_p50_ms"]) <= (node.get_clock().now().nanoseconds - first_stamp_ns) / 1e6
+        # Latency runs from the header stamp to publishing the result, in milliseconds.
+        assert float(values["latency_p50_ms"]) >= hour_ns / 1e6
         (camera,) = {s.name for s in _statuses(diags, ": input ")}
         assert camera == "vltseg: input image"
     finally:
