@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
+from statistics import median_high
 from typing import Callable, Optional
 
 import cv2
@@ -148,23 +149,18 @@ class ThreadGovernor:
         self.started_at = 0
         self.step_s: dict[int, float] = {}
 
-    @staticmethod
-    def _median(times: list[float]) -> float:
-        ordered = sorted(times)
-        return ordered[len(ordered) // 2]
-
     def __call__(self, trainer: Trainer) -> None:
         times = trainer.step_times
         if self.state == "waiting" and self.ready():
             self.state, self.started_at = "measuring", len(times)
         elif self.state == "measuring" and len(times) >= self.started_at + self.window:
             self.base_threads = torch.get_num_threads()
-            self.step_s[self.base_threads] = self._median(times[self.started_at:])
+            self.step_s[self.base_threads] = median_high(times[self.started_at:])
             torch.set_num_threads(self.threads)
             self.state, self.started_at = "trying", len(times)
         elif self.state == "trying" and len(times) >= self.started_at + self.window + 1:
             # the first step on the new thread count is left out (it starts the OpenMP pool)
-            self.step_s[self.threads] = self._median(times[self.started_at + 1:])
+            self.step_s[self.threads] = median_high(times[self.started_at + 1:])
             if self.step_s[self.threads] * self.gain <= self.step_s[self.base_threads]:
                 self.state = "kept"
             else:
@@ -198,9 +194,9 @@ def _calibration_step_s(cfg: dict, threads: int) -> float:
                           resume=None, progress=False)
         timed = time.perf_counter()
         trainer.train()
-        steps = sorted(getattr(trainer, "step_times", [])[1:])
+        steps = getattr(trainer, "step_times", [])[1:]
         if steps:
-            return steps[len(steps) // 2]
+            return median_high(steps)
         return (time.perf_counter() - timed) / CALIBRATION_ITERATIONS
 
 

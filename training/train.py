@@ -22,6 +22,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
+from statistics import median_high
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -413,8 +414,7 @@ class Trainer:
         if self.iteration >= 0.8 * end or self.dist.world > 1:
             return end
         deadline, fewest, most = self.deadline
-        recent = sorted(self.step_times[-self.replan_every:])
-        step = recent[len(recent) // 2]
+        step = median_high(self.step_times[-self.replan_every:])
         planned = self.iteration + int(max(0.0, deadline - now) / max(step, 1e-9))
         end = max(self.iteration + 1, min(most, max(fewest, planned)))
         self.cfg.schedule.iterations = end
