@@ -415,12 +415,22 @@ def _print_summary(domain: str, results: dict, classes: list[str], paths: list[s
 # Command plumbing
 
 def _add_play_arguments(parser: argparse.ArgumentParser) -> None:
-    from vltseg_ros.node.player import add_arguments as add_player_arguments  # rclpy lives in the node package
-
+    # rclpy lives in the node package, and every other command must work where ROS 2 is not installed (training
+    # clusters, workstations): without rclpy, ``bag play`` takes any arguments and answers with the reason.
+    try:
+        from vltseg_ros.node.player import add_arguments as add_player_arguments
+    except ImportError as exc:
+        parser.add_argument("player_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        parser.set_defaults(play_unavailable=f"{exc} (bag play publishes through ROS 2: install rclpy, e.g. "
+                                             "requirements/ros-install.txt, or source a ROS 2 installation)")
+        parser.epilog = "unavailable here: rclpy cannot be imported"
+        return
     add_player_arguments(parser)
 
 
 def _play(args: argparse.Namespace) -> int:
+    if getattr(args, "play_unavailable", None):
+        return _error(f"bag play needs rclpy: {args.play_unavailable}")
     from vltseg_ros.node.player import run as run_player
 
     return run_player(args)

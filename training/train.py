@@ -99,9 +99,18 @@ def det_class_indices(model_cfg: ModelConfig) -> Optional[torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------------------- model
 def build_model_config(cfg: TrainConfig) -> ModelConfig:
-    """The ModelConfig for a run: preset + heads + overrides + drop path."""
+    """The ModelConfig for a run: preset + heads + overrides + drop path. With ``model.init_checkpoint`` the
+    checkpoint's own network takes the preset's place (an imported reference checkpoint has compatibility fields
+    and sizes no preset has), and its heads must be the ones the run asks for."""
     spec = cfg.model
-    data = to_dict(model_preset(spec.preset, tuple(spec.heads)))
+    if spec.init_checkpoint:
+        data = to_dict(read_meta(spec.init_checkpoint).model)
+        heads = sorted(name for name in ("seg", "det") if data.get(f"{name}_head") is not None)
+        if heads != sorted(spec.heads):
+            raise ConfigError(f"model.init_checkpoint {spec.init_checkpoint} has heads {heads}; the run asks for "
+                              f"{sorted(spec.heads)} (model.heads)")
+    else:
+        data = to_dict(model_preset(spec.preset, tuple(spec.heads)))
     deep_merge(data, spec.overrides)
     if spec.drop_path_rate is not None:
         data["encoder"]["drop_path_rate"] = spec.drop_path_rate

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from .config import (
     ConfigError, InferenceConfig, ModelConfig, NormalizationConfig, inference_config_from_dict,
-    model_config_from_dict, normalization_from_dict, to_dict,
+    model_config_from_checkpoint_dict, normalization_from_dict, to_dict,
 )
 
 FORMAT_NAME = "vltseg_ros.checkpoint"
@@ -67,7 +67,7 @@ class CheckpointMeta:
             )
         try:
             return cls(
-                model=model_config_from_dict(data["model"]),
+                model=model_config_from_checkpoint_dict(data["model"]),
                 normalization=normalization_from_dict(data["normalization"]),
                 inference=inference_config_from_dict(data["inference"]),
                 provenance=dict(data.get("provenance") or {}),

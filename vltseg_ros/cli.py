@@ -109,6 +109,23 @@ def _checkpoint_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_import(args: argparse.Namespace) -> int:
+    from .mmseg_checkpoint import import_checkpoint
+
+    if os.path.exists(args.out) and not args.force:
+        raise ConfigError(f"--out {args.out} exists; pass --force to overwrite it")
+    meta = import_checkpoint(args.file, args.out)
+    inference = meta.inference
+    enc = meta.model.encoder
+    print(f"wrote {args.out}: {enc.arch.get('embed_dim')}-wide, {enc.arch.get('depth')}-block EVA02 (patch "
+          f"{enc.patch_size or (14 if enc.name == 'eva02_l14' else 16)}, position grid {enc.pos_embed_grid}), "
+          f"{len(meta.model.classes)} classes, iteration {meta.provenance.get('iteration')}; inference "
+          f"{inference.mode} window {inference.window} stride {inference.stride} within {inference.fit_size}")
+    for note in meta.provenance.get("assumed") or []:
+        print(f"note: assumed {note}")
+    return 0
+
+
 def _numel(shape: Sequence[int]) -> int:
     n = 1
     for s in shape:
@@ -201,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("file")
     info.add_argument("--json", action="store_true", help="print the raw metadata JSON")
     info.set_defaults(func=_checkpoint_info)
+    imp = ckpt_commands.add_parser(
+        "import", help="convert a checkpoint of the mmseg VLTSeg reimplementation (vltseg_checkpoint_*.pth, "
+                       "iter_*.pth) into this format; nothing in the pickle is run")
+    imp.add_argument("file", help="the .pth file (published {meta, state_dict} or a raw training checkpoint)")
+    imp.add_argument("--out", required=True, help="output .safetensors path")
+    imp.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    imp.set_defaults(func=_checkpoint_import)
 
     predict = commands.add_parser("predict", help="segment image files; writes label/color PNGs and box JSON")
     predict.add_argument("images", nargs="+")

@@ -27,6 +27,18 @@ class EncoderConfig:
     drop_path_rate: float = 0.2
     # None = the encoder's own; with another size timm resamples pretrained patch embeddings (FlexiViT).
     patch_size: Optional[int] = None
+    # Reference compatibility (docs/design.md#reference-compatibility). The defaults are this project's own network;
+    # a checkpoint imported from the mmseg reimplementation (vltseg_ros.mmseg_checkpoint) sets all four.
+    # timm keyword arguments over the registered architecture, for trunks of other sizes (embed_dim, depth, ...).
+    arch: dict[str, Any] = field(default_factory=dict)
+    # LayerNorm inside attention (EVA02-CLIP's sub-LN): None = the architecture's own; the reference has none.
+    attn_inner_norm: Optional[bool] = None
+    # Grid (patches per side) at which the absolute position embedding is stored, so that it is used unresampled
+    # at that grid (the reference learns it at its crop's grid: 36 for 512 crops of patch 14). None = timm's 224 px.
+    pos_embed_grid: Optional[int] = None
+    # Input sizes that are no patch multiple: "pad" zero-pads bottom/right (every pixel seen); "floor" drops the
+    # remainder as a stride-p convolution does (the reference: a 512 window gives 36 patches of 14 px).
+    patch_grid: str = "pad"
 
 
 @dataclass
@@ -51,6 +63,9 @@ class SegHeadConfig:
     decoder_ffn_dim: int = 2048
     pixel_decoder_ffn_dim: int = 1024
     num_points: int = 4
+    # A conv bias before the GroupNorm of the pixel decoder's input projections, as mmdet's Mask2Former has. New
+    # networks have it; checkpoints written before this field existed have none (``LEGACY_MODEL_DEFAULTS``).
+    input_proj_bias: bool = True
     class_weight: float = 2.0
     mask_weight: float = 5.0
     dice_weight: float = 5.0
@@ -190,6 +205,26 @@ def _coerce(spec: dataclasses.Field, value: Any, where: str) -> Any:
     return value
 
 
+ENCODER_ARCH_KEYS = frozenset({
+    "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "qkv_fused", "swiglu_mlp", "scale_mlp",
+    "use_rot_pos_emb", "use_abs_pos_emb", "ref_feat_shape", "init_values", "use_post_transformer_norm",
+})
+"""timm ``Eva`` arguments ``model.encoder.arch`` may set."""
+
+# Fields whose default changed after checkpoints were written: metadata without the key means the old behaviour.
+LEGACY_MODEL_DEFAULTS = {("seg_head", "input_proj_bias"): False}
+
+
+def model_config_from_checkpoint_dict(data: dict) -> ModelConfig:
+    """``model_config_from_dict`` for a checkpoint's stored metadata: keys added since it was written take the
+    value that reproduces the network it was written with (``LEGACY_MODEL_DEFAULTS``), not today's default."""
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for (section, key), value in LEGACY_MODEL_DEFAULTS.items():
+        if isinstance(data.get(section), dict):
+            data[section].setdefault(key, value)
+    return model_config_from_dict(data)
+
+
 def model_config_from_dict(data: dict) -> ModelConfig:
     """Build and validate a ModelConfig from its ``to_dict`` form."""
     cfg = from_dict(ModelConfig, data, "model")
@@ -239,6 +274,13 @@ def validate_model_config(cfg: ModelConfig) -> None:
         raise ConfigError(f"model.pyramid.scales: need 4 decreasing powers of two from 1/8 to 8, got {scales}")
     if cfg.encoder.patch_size is not None and not 4 <= cfg.encoder.patch_size <= 32:
         raise ConfigError(f"model.encoder.patch_size: need 4..32 px, got {cfg.encoder.patch_size}")
+    if not isinstance(cfg.encoder.arch, dict) or set(cfg.encoder.arch) - ENCODER_ARCH_KEYS:
+        raise ConfigError(f"model.encoder.arch: a mapping of timm Eva arguments from {sorted(ENCODER_ARCH_KEYS)}, "
+                          f"got {cfg.encoder.arch!r}")
+    if cfg.encoder.patch_grid not in ("pad", "floor"):
+        raise ConfigError(f"model.encoder.patch_grid: 'pad' or 'floor', got {cfg.encoder.patch_grid!r}")
+    if cfg.encoder.pos_embed_grid is not None and not 1 <= cfg.encoder.pos_embed_grid <= 512:
+        raise ConfigError(f"model.encoder.pos_embed_grid: need 1..512 patches, got {cfg.encoder.pos_embed_grid}")
     if cfg.det_head is not None and not cfg.det_head.classes:
         raise ConfigError("model.det_head.classes: need at least one detection class")
     if cfg.det_head is not None:

@@ -186,6 +186,16 @@ class Predictor:
             scores, detections = self._augmented(tensors)
         return [self._finish(s, d, return_confidence) for s, d in zip(scores, detections)]
 
+    @torch.inference_mode()
+    def class_scores(self, image: np.ndarray | Tensor, image_format: str = "RGB") -> Tensor:
+        """Per-class scores [K, H, W] (float32, on the device) of one HxWx3 uint8 image at its own size, before the
+        argmax: the output the reference implementation's ``inference`` returns (parity tests, monitors)."""
+        if not self.has_seg:
+            raise InputError("this checkpoint has no segmentation head")
+        if image_format not in ("RGB", "BGR"):
+            raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        return self._infer([self._upload(image, image_format)], self.inference)[0][0].float()
+
     def _infer(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
         """Per image: class scores [K, H, W] at the source size and detections in source pixels (or None)."""
         return self._whole(tensors, cfg) if cfg.mode == "whole" else self._slide(tensors, cfg)

@@ -40,6 +40,11 @@ ENCODERS: dict[str, EncoderSpec] = {
 }
 
 
+def _registered_patch_size(spec: EncoderSpec) -> int:
+    """The patch size a registered timm architecture is built with (its name says it: ..._patch14_...)."""
+    return int(spec.overrides.get("patch_size") or spec.timm_name.split("patch")[1].split("_")[0])
+
+
 class PretrainedWeightsError(RuntimeError):
     """Pretrained encoder weights could not be found, read or matched to the architecture."""
 
@@ -48,11 +53,24 @@ class ClipEncoder(nn.Module):
     """A timm CLIP ViT trunk that returns the outputs of four tap blocks as [B, C, H/p, W/p] maps."""
 
     def __init__(self, name: str, taps: Optional[Sequence[int]] = None, drop_path_rate: float = 0.0,
-                 patch_size: Optional[int] = None):
+                 patch_size: Optional[int] = None, arch: Optional[dict[str, Any]] = None,
+                 attn_inner_norm: Optional[bool] = None, pos_embed_grid: Optional[int] = None):
+        """``arch``: timm ``Eva``/ViT arguments over the registered ones (trunks of other sizes);
+        ``attn_inner_norm``: force the LayerNorm inside attention on or off (None = the architecture's own);
+        ``pos_embed_grid``: store the absolute position embedding at this many patches per side, so that it is
+        used unresampled at that grid (None = the architecture's 224 px grid)."""
         super().__init__()
         spec = ENCODERS[name]
         self.name = name
-        overrides = dict(spec.overrides) if patch_size is None else {**spec.overrides, "patch_size": patch_size}
+        overrides = {**spec.overrides, **(arch or {})}
+        if "ref_feat_shape" in overrides:
+            overrides["ref_feat_shape"] = tuple(overrides["ref_feat_shape"])
+        if patch_size is not None:
+            overrides["patch_size"] = patch_size
+        if attn_inner_norm is not None:
+            overrides["scale_attn_inner"] = attn_inner_norm
+        if pos_embed_grid is not None:
+            overrides["img_size"] = pos_embed_grid * (patch_size or _registered_patch_size(spec))
         self.trunk = timm.create_model(
             spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True,
             drop_path_rate=drop_path_rate, **overrides,
@@ -166,3 +184,10 @@ def pad_to_multiple(images: Tensor, multiple: int) -> Tensor:
     h, w = images.shape[-2:]
     pad_h, pad_w = (-h) % multiple, (-w) % multiple
     return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+
+
+def floor_to_multiple(images: Tensor, multiple: int) -> Tensor:
+    """Crop [B, C, H, W] on the bottom/right to the largest multiples of ``multiple`` (what a stride-``multiple``
+    patch convolution without padding sees)."""
+    h, w = images.shape[-2:]
+    return images[..., : h - h % multiple, : w - w % multiple]

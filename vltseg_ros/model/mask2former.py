@@ -137,9 +137,10 @@ def _caffe2_xavier_(conv: nn.Conv2d) -> None:
         nn.init.constant_(conv.bias, 0.0)
 
 
-def _conv_gn(in_ch: int, out_ch: int, kernel: int, relu: bool = False) -> nn.Sequential:
-    # bias=False because GroupNorm follows (mmcv ConvModule bias='auto').
-    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
+def _conv_gn(in_ch: int, out_ch: int, kernel: int, relu: bool = False, bias: bool = False) -> nn.Sequential:
+    # No bias by default because GroupNorm follows (mmcv ConvModule bias='auto'); mmdet's Mask2Former asks for one
+    # in the input projections (bias=True), where GroupNorm does not cancel it (it normalises groups of channels).
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias),
                                nn.GroupNorm(32, out_ch)]
     if relu:
         layers.append(nn.ReLU(inplace=True))
@@ -166,14 +167,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
     """Mask2Former pixel decoder: deformable encoder over the 3 coarsest levels + FPN step for the finest."""
 
     def __init__(self, in_channels: Sequence[int], hidden_dim: int = 256, num_layers: int = 6, num_heads: int = 8,
-                 num_points: int = 4, ffn_dim: int = 1024) -> None:
-        """in_channels: channels of the 4 input maps, finest first."""
+                 num_points: int = 4, ffn_dim: int = 1024, input_proj_bias: bool = True) -> None:
+        """in_channels: channels of the 4 input maps, finest first; input_proj_bias: mmdet's conv bias in the
+        input projections (False: the layout of checkpoints written before it existed)."""
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"expected 4 input levels, got {len(in_channels)}")
         self.num_enc_levels = 3
         # input_convs[i] projects encoder level i, coarsest first (features[3], features[2], features[1]).
-        self.input_convs = nn.ModuleList([_conv_gn(in_channels[3 - i], hidden_dim, 1)
+        self.input_convs = nn.ModuleList([_conv_gn(in_channels[3 - i], hidden_dim, 1, bias=input_proj_bias)
                                           for i in range(self.num_enc_levels)])
         self.level_encoding = nn.Embedding(self.num_enc_levels, hidden_dim)
         self.pos_enc = SinePositionalEncoding(hidden_dim // 2)
@@ -188,6 +190,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         """mmdet MSDeformAttnPixelDecoder.init_weights."""
         for conv in self.input_convs:
             nn.init.xavier_uniform_(conv[0].weight)
+            if conv[0].bias is not None:
+                nn.init.zeros_(conv[0].bias)
         _caffe2_xavier_(self.lateral_conv[0])
         _caffe2_xavier_(self.output_conv[0])
         _caffe2_xavier_(self.mask_feature)
@@ -267,7 +271,7 @@ class Mask2FormerHead(nn.Module):
     def __init__(self, in_channels: Sequence[int], num_classes: int, hidden_dim: int = 256,
                  num_queries: int = 100, pixel_decoder_layers: int = 6, decoder_layers: int = 9,
                  num_heads: int = 8, decoder_ffn_dim: int = 2048, pixel_decoder_ffn_dim: int = 1024,
-                 num_points: int = 4) -> None:
+                 num_points: int = 4, input_proj_bias: bool = True) -> None:
         """in_channels: channels of the 4 pyramid maps, finest first; num_classes excludes no-object."""
         super().__init__()
         self.num_classes = num_classes
@@ -275,7 +279,7 @@ class Mask2FormerHead(nn.Module):
         self.num_heads = num_heads
         self.num_levels = 3
         self.pixel_decoder = MSDeformAttnPixelDecoder(in_channels, hidden_dim, pixel_decoder_layers, num_heads,
-                                                      num_points, pixel_decoder_ffn_dim)
+                                                      num_points, pixel_decoder_ffn_dim, input_proj_bias)
         # enforce_decoder_input_project=False and feat_channels == hidden_dim -> identity input projections.
         self.decoder_pos_enc = SinePositionalEncoding(hidden_dim // 2)
         self.level_embed = nn.Embedding(self.num_levels, hidden_dim)

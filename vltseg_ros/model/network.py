@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, NormalizationConfig
 from .detection import DetectionHead
-from .encoder import ClipEncoder, pad_to_multiple
+from .encoder import ClipEncoder, floor_to_multiple, pad_to_multiple
 from .mask2former import Mask2FormerHead, Mask2FormerLoss
 from .pyramid import SimpleFeaturePyramid
 
@@ -17,8 +17,10 @@ class VLTSeg(nn.Module):
     """CLIP encoder -> simple feature pyramid -> Mask2Former (semantic) and/or Faster R-CNN (boxes).
 
     Input: [B, 3, H, W] normalised RGB float images of any size (``normalize`` turns 0-255 RGB into them, with the
-    statistics the network was trained with); they are zero-padded (bottom/right) to a multiple of the patch size,
-    and outputs are cropped back, so sizes need not be multiples of the patch.
+    statistics the network was trained with). Sizes need not be multiples of the patch: by default the images are
+    zero-padded (bottom/right) to the next multiple and outputs cropped back; with ``encoder.patch_grid: floor``
+    (the reference implementation) the remainder is dropped and the mask logits of the seen part are stretched over
+    the whole input.
     """
 
     def __init__(self, cfg: ModelConfig, normalization: Optional[NormalizationConfig] = None):
@@ -29,8 +31,9 @@ class VLTSeg(nn.Module):
         self.normalization = normalization or NormalizationConfig()
         self.register_buffer("pixel_mean", torch.tensor(self.normalization.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.normalization.std).view(1, 3, 1, 1), persistent=False)
-        self.encoder = ClipEncoder(cfg.encoder.name, cfg.encoder.taps, cfg.encoder.drop_path_rate,
-                                   cfg.encoder.patch_size)
+        enc = cfg.encoder
+        self.encoder = ClipEncoder(enc.name, enc.taps, enc.drop_path_rate, enc.patch_size, arch=enc.arch,
+                                   attn_inner_norm=enc.attn_inner_norm, pos_embed_grid=enc.pos_embed_grid)
         width = self.encoder.embed_dim
         self.pyramid = SimpleFeaturePyramid(width, cfg.pyramid.norm, cfg.pyramid.scales)
         self.seg_head: Optional[Mask2FormerHead] = None
@@ -44,6 +47,7 @@ class VLTSeg(nn.Module):
                 pixel_decoder_layers=s.pixel_decoder_layers, decoder_layers=s.decoder_layers,
                 num_heads=s.num_heads, decoder_ffn_dim=s.decoder_ffn_dim,
                 pixel_decoder_ffn_dim=s.pixel_decoder_ffn_dim, num_points=s.num_points,
+                input_proj_bias=s.input_proj_bias,
             )
             self.seg_loss = Mask2FormerLoss(
                 num_classes, class_weight=s.class_weight, mask_weight=s.mask_weight, dice_weight=s.dice_weight,
@@ -87,13 +91,19 @@ class VLTSeg(nn.Module):
         and ``labels`` [N] 0-based.
         """
         height, width = images.shape[-2:]
-        padded = pad_to_multiple(images, self.patch_size)
+        floor = self.cfg.encoder.patch_grid == "floor"
+        # ``padded``: what the encoder sees, a patch multiple (padded, or with the remainder cropped off).
+        padded = floor_to_multiple(images, self.patch_size) if floor else pad_to_multiple(images, self.patch_size)
         pyramid = self.features(padded)
         sizes = image_sizes or [(height, width)] * images.shape[0]
+        if floor:
+            sizes = [(min(h, padded.shape[-2]), min(w, padded.shape[-1])) for h, w in sizes]
         out: dict[str, Any] = {}
         if self.training:
             if seg_targets is not None and self.seg_head is not None:
-                pad_h, pad_w = padded.shape[-2] - height, padded.shape[-1] - width
+                # Masks are point-sampled in normalised coordinates: under "floor" they span the whole target, as
+                # at inference; under "pad" the targets are padded with the ignore value to the masks' extent.
+                pad_h, pad_w = (0, 0) if floor else (padded.shape[-2] - height, padded.shape[-1] - width)
                 targets = nn.functional.pad(seg_targets, (0, pad_w, 0, pad_h), value=255)
                 out.update(self.seg_loss(self.seg_head(pyramid), targets))
             if det_targets is not None and self.det_head is not None:
@@ -104,7 +114,8 @@ class VLTSeg(nn.Module):
             pred = self.seg_head(pyramid)
             # Mask2Former's order: mask logits upsampled to the input size, then sigmoid and the class product.
             masks = nn.functional.interpolate(
-                pred["pred_masks"].float(), size=padded.shape[-2:], mode="bilinear", align_corners=False
+                pred["pred_masks"].float(), size=(height, width) if floor else padded.shape[-2:], mode="bilinear",
+                align_corners=False,
             )
             scores = Mask2FormerHead.semantic_scores(pred["pred_logits"].float(), masks)
             out["seg_scores"] = scores[..., :height, :width]
