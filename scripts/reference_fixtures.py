@@ -104,7 +104,7 @@ def install_stubs() -> None:
 
 
 def head_overrides(feat: int, queries: int, enc_layers: int, dec_layers: int, ffn: int, heads: int,
-                   num_feats: int) -> dict:
+                   num_feats: int, pixel_heads: int | None = None) -> dict:
     h = "model.decode_head."
     pd = h + "pixel_decoder."
     enc = pd + "encoder.layer_cfg."
@@ -115,7 +115,7 @@ def head_overrides(feat: int, queries: int, enc_layers: int, dec_layers: int, ff
         h + "num_queries": queries,
         pd + "encoder.num_layers": enc_layers,
         enc + "self_attn_cfg.embed_dims": feat,
-        enc + "self_attn_cfg.num_heads": heads,
+        enc + "self_attn_cfg.num_heads": pixel_heads or heads,
         enc + "ffn_cfg.embed_dims": feat,
         enc + "ffn_cfg.feedforward_channels": ffn,
         pd + "positional_encoding.num_feats": num_feats,
@@ -144,9 +144,11 @@ def geometry_overrides(crop: int, stride: int, random_crop_index: int) -> dict:
     }
 
 
-def backbone_overrides(embed: int, depth: int, heads: int, out_indices: list, patch: int) -> dict:
+def backbone_overrides(embed: int, depth: int, heads: int, out_indices: list, patch: int,
+                       init_values: float | None = None) -> dict:
     b = "model.backbone."
     return {
+        **({b + "init_values": init_values} if init_values is not None else {}),
         b + "init_cfg": None,
         b + "embed_dim": embed,
         b + "depth": depth,
@@ -179,6 +181,19 @@ SETS = {
         crop=136, stride=100,
         full_hw=(140, 180),   # 2 x 2 windows: rows at 0, 4; columns at 0, 44
         image_seeds=(201, 202),
+    ),
+    # Other choices the published configs never make, so the importer is tested beyond them: the reference's
+    # patch-8 pyramid (x2, x1, /2, /4), layer scale (init_values), and pixel-decoder heads other than the decoder's.
+    "synthia": dict(
+        config="configs/mask2former_evaclip_2xb8_5k_synthia2cityscapes.py",
+        checkpoint="vltseg_checkpoint_tiny_synthia.pth",
+        tensors="reference_tiny_synthia.safetensors",
+        raw_checkpoint=None,
+        backbone=dict(embed=32, depth=4, heads=2, out_indices=[0, 1, 2, 3], patch=8, init_values=0.1),
+        head=dict(feat=32, queries=8, enc_layers=1, dec_layers=3, ffn=64, heads=4, num_feats=16, pixel_heads=2),
+        crop=68, stride=50,
+        full_hw=(80, 110),   # 2 x 2 windows: rows at 0, 12; columns at 0, 42
+        image_seeds=(301, 302),
     ),
 }
 
@@ -743,7 +758,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference-repo", type=Path, required=True, help="a checkout of GitHub VLTSeg/VLTSeg")
     ap.add_argument("--out", type=Path, default=Path("tests/fixtures/reference"))
-    ap.add_argument("--sets", default="gta,cityscapes", help="comma-separated: gta, cityscapes")
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (recorded; fixed for determinism)")
     ap.add_argument("--fullsize-out", type=Path, default=None,
                     help="also write the full-size ViT-L/14 parity files here (~1.4 GB; keep outside the repo)")

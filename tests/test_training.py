@@ -288,3 +288,14 @@ def test_a_deadline_resizes_the_schedule_while_training(tmp_path, synth_root, se
     summary = trainer.train()
     assert summary["iteration"] == expected == trainer.cfg.schedule.iterations
     assert len(trainer.step_times) == expected
+
+
+def test_weights_digest_covers_batchnorm_counters():
+    """The paper's pyramid has BatchNorm, whose num_batches_tracked is a 0-d tensor: the digest must hash it (it
+    raised 'self.dim() cannot be 0 to view Long as Byte') and change with it."""
+    from vltseg_train.train import weights_digest
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    before = weights_digest(model)
+    model.train()(torch.randn(2, 3, 4, 4))
+    assert weights_digest(model) != before

@@ -59,7 +59,8 @@ class SegHeadConfig:
     num_queries: int = 100
     pixel_decoder_layers: int = 6
     decoder_layers: int = 9
-    num_heads: int = 8
+    num_heads: int = 8  # attention heads of the transformer decoder (and of the pixel decoder, unless set below)
+    pixel_decoder_num_heads: Optional[int] = None  # None = num_heads
     decoder_ffn_dim: int = 2048
     pixel_decoder_ffn_dim: int = 1024
     num_points: int = 4

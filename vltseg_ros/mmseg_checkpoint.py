@@ -11,6 +11,7 @@ naming the problem.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import ast
 import collections
 import hashlib
@@ -89,6 +90,9 @@ def _restricted_pickle_module(seen: set[str]) -> types.ModuleType:
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            # Protocol-2 pickles (torch.save's) name Python 2 modules (__builtin__, copy_reg): map them as pickle does.
+            module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             safe = _SAFE_GLOBALS.get((module, name))
             if safe is not None:
                 return safe
@@ -258,6 +262,11 @@ def _encoder_config(state: dict[str, Tensor], backbone: dict[str, Any], assumed:
     heads = int(heads)
     if embed_dim % heads:
         raise ReferenceCheckpointError(f"backbone.num_heads {heads} does not divide embed_dim {embed_dim}")
+    qk_scale = backbone.get("qk_scale")
+    if qk_scale is not None and abs(float(qk_scale) - (embed_dim // heads) ** -0.5) > 1e-12:
+        raise ReferenceCheckpointError(f"unsupported backbone.qk_scale {qk_scale} (timm scales by head_dim ** -0.5)")
+    if backbone.get("attn_head_dim") not in (None, embed_dim // heads):
+        raise ReferenceCheckpointError(f"unsupported backbone.attn_head_dim {backbone['attn_head_dim']}")
     block = "backbone.blocks.0."
     fused = f"{block}attn.qkv.weight" in state
     swiglu = f"{block}mlp.w1.weight" in state
@@ -271,7 +280,7 @@ def _encoder_config(state: dict[str, Tensor], backbone: dict[str, Any], assumed:
         if taps is None:
             raise ReferenceCheckpointError(f"the config gives no backbone.out_indices and depth {depth} has no default")
         assumed.append(f"backbone.out_indices={taps} (the paper's taps for depth {depth})")
-    taps = [int(t) for t in taps]
+    taps = sorted(int(t) for t in taps)  # the reference collects tap outputs in block order
     if len(taps) != 4 or len(set(taps)) != 4 or any(not 0 <= t < depth for t in taps):
         raise ReferenceCheckpointError(f"unsupported backbone.out_indices {taps}: need 4 distinct blocks of {depth}")
     arch: dict[str, Any] = {
@@ -314,19 +323,19 @@ def _seg_head_config(state: dict[str, Tensor], head: dict[str, Any], assumed: li
     pixel_attn = _get(head, "pixel_decoder", "encoder", "layer_cfg", "self_attn_cfg", default={}) or {}
     decoder_attn = _get(head, "transformer_decoder", "layer_cfg", "self_attn_cfg", default={}) or {}
     cross_attn = _get(head, "transformer_decoder", "layer_cfg", "cross_attn_cfg", default={}) or {}
-    head_counts = {int(v) for v in (pixel_attn.get("num_heads"), decoder_attn.get("num_heads"),
-                                    cross_attn.get("num_heads")) if v is not None}
-    if len(head_counts) > 1:
-        raise ReferenceCheckpointError(f"unsupported Mask2Former: attention head counts differ {sorted(head_counts)} "
-                                       "between the pixel decoder and the transformer decoder")
-    if not head_counts:
+    decoder_counts = {int(v) for v in (decoder_attn.get("num_heads"), cross_attn.get("num_heads")) if v is not None}
+    if len(decoder_counts) > 1:
+        raise ReferenceCheckpointError(f"unsupported Mask2Former: self- and cross-attention head counts differ "
+                                       f"{sorted(decoder_counts)}")
+    if not decoder_counts or pixel_attn.get("num_heads") is None:
         assumed.append("decode_head attention heads = 8 (mmdet's default; the config does not say)")
-    num_heads = head_counts.pop() if head_counts else 8
+    num_heads = decoder_counts.pop() if decoder_counts else 8
+    pixel_heads = int(pixel_attn.get("num_heads") or 8)
     offsets = int(state[f"{pre}pixel_decoder.encoder.layers.0.self_attn.sampling_offsets.weight"].shape[0]) \
-        if pixel_layers else num_heads * 3 * 4 * 2
-    points, rest = divmod(offsets, num_heads * 3 * 2)
+        if pixel_layers else pixel_heads * 3 * 4 * 2
+    points, rest = divmod(offsets, pixel_heads * 3 * 2)
     if rest or points < 1:
-        raise ReferenceCheckpointError(f"sampling_offsets of {offsets} rows do not fit {num_heads} heads x 3 levels")
+        raise ReferenceCheckpointError(f"sampling_offsets of {offsets} rows do not fit {pixel_heads} heads x 3 levels")
     for where in ("positional_encoding", ("pixel_decoder", "positional_encoding")):
         feats = _get(head, *((where,) if isinstance(where, str) else where), "num_feats")
         if feats is not None and int(feats) * 2 != hidden:
@@ -336,7 +345,8 @@ def _seg_head_config(state: dict[str, Tensor], head: dict[str, Any], assumed: li
     pixel_ffn = f"{pre}pixel_decoder.encoder.layers.0.ffn.layers.0.0.weight"
     return SegHeadConfig(
         hidden_dim=hidden, num_queries=queries, pixel_decoder_layers=pixel_layers, decoder_layers=decoder_layers,
-        num_heads=num_heads, decoder_ffn_dim=int(_require(state, ffn, "the decoder's FFN").shape[0]),
+        num_heads=num_heads, pixel_decoder_num_heads=None if pixel_heads == num_heads else pixel_heads,
+        decoder_ffn_dim=int(_require(state, ffn, "the decoder's FFN").shape[0]),
         pixel_decoder_ffn_dim=int(state[pixel_ffn].shape[0]) if pixel_layers else 1024, num_points=points,
         input_proj_bias=f"{pre}pixel_decoder.input_convs.0.conv.bias" in state,
     )

@@ -271,14 +271,17 @@ class Mask2FormerHead(nn.Module):
     def __init__(self, in_channels: Sequence[int], num_classes: int, hidden_dim: int = 256,
                  num_queries: int = 100, pixel_decoder_layers: int = 6, decoder_layers: int = 9,
                  num_heads: int = 8, decoder_ffn_dim: int = 2048, pixel_decoder_ffn_dim: int = 1024,
-                 num_points: int = 4, input_proj_bias: bool = True) -> None:
-        """in_channels: channels of the 4 pyramid maps, finest first; num_classes excludes no-object."""
+                 num_points: int = 4, input_proj_bias: bool = True,
+                 pixel_decoder_num_heads: int | None = None) -> None:
+        """in_channels: channels of the 4 pyramid maps, finest first; num_classes excludes no-object;
+        pixel_decoder_num_heads: the deformable encoder's heads (None = num_heads, the decoder's)."""
         super().__init__()
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.num_heads = num_heads
         self.num_levels = 3
-        self.pixel_decoder = MSDeformAttnPixelDecoder(in_channels, hidden_dim, pixel_decoder_layers, num_heads,
+        self.pixel_decoder = MSDeformAttnPixelDecoder(in_channels, hidden_dim, pixel_decoder_layers,
+                                                      pixel_decoder_num_heads or num_heads,
                                                       num_points, pixel_decoder_ffn_dim, input_proj_bias)
         # enforce_decoder_input_project=False and feat_channels == hidden_dim -> identity input projections.
         self.decoder_pos_enc = SinePositionalEncoding(hidden_dim // 2)

@@ -45,7 +45,8 @@ class VLTSeg(nn.Module):
             self.seg_head = Mask2FormerHead(
                 [width] * 4, num_classes, hidden_dim=s.hidden_dim, num_queries=s.num_queries,
                 pixel_decoder_layers=s.pixel_decoder_layers, decoder_layers=s.decoder_layers,
-                num_heads=s.num_heads, decoder_ffn_dim=s.decoder_ffn_dim,
+                num_heads=s.num_heads, pixel_decoder_num_heads=s.pixel_decoder_num_heads,
+                decoder_ffn_dim=s.decoder_ffn_dim,
                 pixel_decoder_ffn_dim=s.pixel_decoder_ffn_dim, num_points=s.num_points,
                 input_proj_bias=s.input_proj_bias,
             )
