@@ -1,4 +1,4 @@
-"""Parity of an imported checkpoint with the reference implementation's own outputs (bench/RESULTS.md, issue #19).
+"""Parity of an imported checkpoint with the reference implementation's own outputs (bench/RESULTS.md, "the published checkpoints").
 
 Input: a published-layout ``.pth`` and the tensors file that ``scripts/reference_fixtures.py`` wrote beside it
 (``--fullsize-out DIR`` for the full ViT-L/14, or a tiny set in tests/fixtures/reference). The script imports the

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vltseg_ros.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
+from vltseg_ros.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from vltseg_ros.config import model_preset
 from vltseg_ros.mmseg_checkpoint import ReferenceCheckpointError, import_checkpoint, read_reference_file
 from vltseg_ros.model import build_model

@@ -121,7 +121,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[torc
             for k in sorted(stored & set(expected)) if tuple(f.get_slice(k).get_shape()) != tuple(expected[k].shape)
         ]
         problems = [
-            f"{label} {_listing(items)}"
+            f"{label} {listing(items)}"
             for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
             if items
         ]
@@ -138,7 +138,8 @@ def load_extra(path: str) -> dict[str, torch.Tensor]:
         return {k[len(EXTRA_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(EXTRA_PREFIX)}
 
 
-def _listing(items: list[str], limit: int = 8) -> str:
+def listing(items: list[str], limit: int = 8) -> str:
+    """Up to ``limit`` names in brackets, with the total when there are more (error messages)."""
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
 

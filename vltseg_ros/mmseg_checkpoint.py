@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError, CheckpointMeta, save_checkpoint
+from .checkpoint import CheckpointError, CheckpointMeta, listing, save_checkpoint
 from .config import (
     ConfigError, EncoderConfig, InferenceConfig, ModelConfig, NormalizationConfig, PyramidConfig,
     SegHeadConfig, validate_inference_config, validate_model_config,
@@ -544,7 +544,7 @@ def convert(obj: Any, source: str = "<memory>") -> tuple[dict[str, Tensor], Chec
     mismatched = sorted(f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                         for k, v in mapped.items() if k in expected and v.shape != expected[k].shape)
     if missing or unexpected or mismatched:
-        parts = [f"{label} {_listing(items)}" for label, items in (
+        parts = [f"{label} {listing(items, 10)}" for label, items in (
             ("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if items]
         raise ReferenceCheckpointError(f"{source}: the state dict does not fit the VLTSeg network its shapes "
                                        f"describe: {'; '.join(parts)}")
@@ -569,11 +569,6 @@ def convert(obj: Any, source: str = "<memory>") -> tuple[dict[str, Tensor], Chec
     }
     return weights, CheckpointMeta(model=model_cfg, normalization=_normalization(cfg), inference=inference,
                                    provenance=provenance)
-
-
-def _listing(items: list[str], limit: int = 10) -> str:
-    shown = ", ".join(items[:limit])
-    return f"[{shown}{f', ... ({len(items)} in all)' if len(items) > limit else ''}]"
 
 
 def sha256_of(path: str) -> str:
