@@ -149,3 +149,176 @@ def write_tiny_checkpoint(path: str, height: int, width: int, model: str = "eva0
     save_checkpoint(path, build_model(cfg), CheckpointMeta(
         model=cfg, inference=InferenceConfig(mode="whole", size=[height, width], fit_size=[height, width])))
     return path
+
+
+# ------------------------------------------------------------------------------------------------ held processes
+HOLD_SCRIPT = '''"""Runs one of the package's executables held at a point of its life, for the shutdown tests:
+
+    python hold.py POINT DIR EXECUTABLE [ARGS...]
+
+At POINT the process creates DIR/POINT.reached, then (unless the point only marks) waits until DIR/POINT.release
+exists, which may be never. A "native" hold swallows KeyboardInterrupt, as native code (a torch.compile, a forward
+pass, a checkpoint read) does not see it; a "python" hold lets it through, as Python code (an import) does. The
+executable then runs as its console script does (argv[0] its path), so ``ros2 launch --launch-prefix`` can use it.
+"""
+import os
+import runpy
+import sys
+import time
+
+POINT, DIR = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[3:]
+
+
+def reached():
+    open(os.path.join(DIR, POINT + ".reached"), "w").close()
+
+
+def hold(native):
+    reached()
+    release = os.path.join(DIR, POINT + ".release")
+    while not os.path.exists(release):
+        try:
+            time.sleep(0.01)
+        except KeyboardInterrupt:
+            if not native:
+                raise
+
+
+def wrap(cls, name, native=True, mark_only=False, when=lambda args, kwargs: True):
+    original = getattr(cls, name)
+    done = []
+
+    def held(*args, **kwargs):
+        if not done and when(args, kwargs):
+            done.append(True)
+            reached() if mark_only else hold(native)
+        return original(*args, **kwargs)
+
+    setattr(cls, name, held)
+
+
+if POINT == "import":  # Python code of an import: the first "import rclpy"
+    class HoldImport:
+        def find_spec(self, name, path=None, target=None):
+            if name == "rclpy":
+                sys.meta_path.remove(self)
+                hold(native=False)
+            return None
+
+    sys.meta_path.insert(0, HoldImport())
+elif POINT in ("player-wait", "player-publish"):
+    from vltseg_ros.node.player import BagPlayer
+
+    wrap(BagPlayer, "_wait_for_subscribers" if POINT == "player-wait" else "_publish", mark_only=True)
+elif POINT in ("evaluator-spin", "evaluator-report"):
+    from vltseg_ros.node.evaluator import EvaluatorNode
+
+    if POINT == "evaluator-spin":
+        wrap(EvaluatorNode, "_on_timer", mark_only=True)  # spinning: its timer runs
+    else:
+        wrap(EvaluatorNode, "write_outputs", when=lambda args, kwargs: kwargs.get("plots"))
+else:
+    from vltseg_ros.node.node import VLTSegNode
+    from vltseg_ros.predictor import Predictor
+
+    calls = []
+
+    def nth_predict(n):
+        def when(args, kwargs):
+            calls.append(1)
+            return len(calls) == n
+        return when
+
+    points = {
+        "loading": (Predictor, "from_checkpoint", {}),
+        "warm-up": (Predictor, "predict", {"when": nth_predict(1)}),
+        "compile": (Predictor, "_run", {"mark_only": True,
+                                        "when": lambda args, kwargs: args[0]._forward is not args[0].model}),
+        "between": (VLTSegNode, "trigger_activate", {"native": False}),
+        "activate": (VLTSegNode, "_warn_about_large_images", {}),
+        "inference": (Predictor, "predict", {"when": nth_predict(2)}),
+        "deactivate": (VLTSegNode, "on_deactivate", {}),
+        "cleanup": (VLTSegNode, "on_cleanup", {}),
+    }
+    cls, name, options = points[POINT]
+    wrap(cls, name, **options)
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+CLEAN_EXIT_FORBIDDEN = ("Traceback", "FATAL", "KeyboardInterrupt", "context is invalid", "Failed to complete",
+                        "Exception ignored", "escalating to")
+"""What a stopping process must never print: a traceback, a FATAL line, rcl's complaint about a publisher whose
+context was shut down under it, ``ros2 launch`` escalating to SIGTERM."""
+
+
+class HeldProcess:
+    """One executable run through ``HOLD_SCRIPT`` (in a session of its own, output in a file): wait until it reaches
+    its point, signal it, release it, and check how it ended."""
+
+    def __init__(self, tmp_path, point: str, cmd: list[str], env: dict[str, str], name: str = "held"):
+        self.dir = tmp_path / f"{name}_hold"
+        self.dir.mkdir()
+        self.point = point
+        script = tmp_path / "hold.py"
+        script.write_text(HOLD_SCRIPT)
+        self.log = tmp_path / f"{name}.log"
+        self._out = open(self.log, "w")
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, str(script), point, str(self.dir), *cmd], env=env,
+                                     stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.signalled_at: Optional[float] = None
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text()
+
+    def wait_reached(self, timeout: float = 180.0) -> None:
+        """Until the process is at its point; fails with its output if it ended or the time is up."""
+        deadline = time.monotonic() + timeout
+        while not (self.dir / f"{self.point}.reached").exists():
+            assert self.proc.poll() is None, f"ended (status {self.proc.returncode}) before {self.point}:\n" \
+                                             f"{self.output()}"
+            assert time.monotonic() < deadline, f"never reached {self.point}:\n{self.output()}"
+            time.sleep(0.02)
+
+    def wait_output(self, text: str, timeout: float) -> bool:
+        """Whether ``text`` was printed within ``timeout`` s (False also when the process ended without it)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return text in self.output()
+            time.sleep(0.02)
+        return True
+
+    def send(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)
+        self.signalled_at = time.monotonic()
+
+    def release(self) -> None:
+        (self.dir / f"{self.point}.release").touch()
+
+    def wait_exit(self, timeout: float) -> tuple[Optional[int], float]:
+        """(exit status or None if still running after ``timeout`` s, seconds since the signal)."""
+        import subprocess
+
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        return code, time.monotonic() - (self.signalled_at or time.monotonic())
+
+    def close(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._out.close()
+
+
+def forbidden_lines(output: str) -> list[str]:
+    """The lines of ``output`` holding something from ``CLEAN_EXIT_FORBIDDEN``."""
+    return [line for line in output.splitlines() if any(bad in line for bad in CLEAN_EXIT_FORBIDDEN)]

@@ -679,7 +679,7 @@ def test_node_in_its_own_process(ros, checkpoint, tmp_path):
             proc.kill()
             out, _ = proc.communicate()
     assert "loaded" in out, out
-    assert proc.returncode in (0, -15), out
+    assert proc.returncode == 0, out  # SIGTERM stops the node as Ctrl-C does
     assert rclpy.ok(context=ros.context)
 
 

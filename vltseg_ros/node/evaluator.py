@@ -10,6 +10,12 @@ Latency is the node clock at the prediction's arrival minus its stamp, so with `
 """
 from __future__ import annotations
 
+# First, before the heavy imports: as ``vltseg_eval_node``, SIGINT and SIGTERM are a stop request from here on
+# (launch_support.py).
+from .launch_support import STOP
+
+STOP.install_for("vltseg_eval_node", __name__)
+
 import json
 import os
 import threading
@@ -322,21 +328,34 @@ class EvaluatorNode(Node):
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of ``vltseg_eval_node`` (``ros2 run vltseg_ros vltseg_eval_node --ros-args ...``)."""
+    """Entry point of ``vltseg_eval_node`` (``ros2 run vltseg_ros vltseg_eval_node --ros-args ...``): runs until
+    ``expected_frames`` are done (with ``exit_when_done``) or SIGINT/SIGTERM, then writes the report; 0."""
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args)
+    stop = STOP.install()
+    if stop.requested:  # SIGINT/SIGTERM while importing: nothing was scored
+        return 0
+    # rclpy's handlers would shut the context down under a callback; the loop below checks the stop request instead.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = EvaluatorNode()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        while rclpy.ok() and not (node.done.is_set() and node.param("exit_when_done")):
+        while not stop.requested and not (node.done.is_set() and node.param("exit_when_done")):
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
         if not node.done.is_set():
             node.finish()
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

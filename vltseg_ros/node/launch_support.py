@@ -1,18 +1,28 @@
-"""Plain-Python helpers of the launch files (no launch or rclpy imports, so they behave the same under every
-distribution's launch packages, and tests call them directly): node parameters as launch arguments, the inputs'
-remappings, the RViz config for the launched topics, and whether Fast DDS supports ``FASTDDS_BUILTIN_TRANSPORTS``."""
+"""Plain-Python helpers of the launch files and of the processes they launch (no launch or rclpy imports, so they
+behave the same under every distribution's launch packages, and tests call them directly): node parameters as launch
+arguments, the inputs' remappings, the RViz config for the launched topics, whether Fast DDS supports
+``FASTDDS_BUILTIN_TRANSPORTS``, and how the package's executables take SIGINT and SIGTERM (``StopSignals``)."""
 from __future__ import annotations
 
 import os
 import re
+import select
+import signal
 import sys
-import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-import yaml
-
 from .topics import CameraTopics, resolve, sibling_camera_info
+
+
+def _yaml():
+    """PyYAML, imported on first use: the executables import this module first, for ``StopSignals``, and a Ctrl-C
+    before its handlers are installed would end them with a KeyboardInterrupt traceback."""
+    import yaml
+
+    return yaml
 
 
 # --------------------------------------------------------------------------------------------------- parameters
@@ -29,14 +39,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 def parameter_defaults(params_yaml: str) -> dict[str, Any]:
     """``name -> default`` (dotted names) of a node parameter file in the ``/**: ros__parameters:`` form."""
     with open(params_yaml, encoding="utf-8") as f:
-        return _flatten(yaml.safe_load(f)["/**"]["ros__parameters"])
+        return _flatten(_yaml().safe_load(f)["/**"]["ros__parameters"])
 
 
 def node_parameters(params_file: str, node_name: str, namespace: str) -> dict[str, Any]:
     """The parameters a params file gives this node, by the rules of ROS 2 params files: ``/**`` and the node's
     name, bare or fully qualified (later sections win)."""
     with open(params_file, encoding="utf-8") as f:
-        sections = yaml.safe_load(f) or {}
+        sections = _yaml().safe_load(f) or {}
     ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
     names = ("/**", node_name, f"/{node_name}", f"{ns}/{node_name}", f"{ns.lstrip('/')}/{node_name}")
     out: dict[str, Any] = {}
@@ -58,7 +68,7 @@ def parameter_value(name: str, text: str, default: Any) -> Any:
     one."""
     if isinstance(default, str):
         return text
-    value = yaml.safe_load(text)
+    value = _yaml().safe_load(text)
     kind = (type(default[0]) if default else str) if isinstance(default, list) else type(default)
     values = (value if isinstance(value, list) else [value]) if isinstance(default, list) else [value]
     if kind is str:
@@ -79,14 +89,14 @@ def parameter_overrides(texts: dict[str, str], defaults: dict[str, Any]) -> dict
 # ------------------------------------------------------------------------------------------------------ topics
 def yaml_list(name: str, text: str) -> list[str]:
     """A launch argument holding a YAML list of strings ('' = empty)."""
-    value = yaml.safe_load(text) if text.strip() else []
+    value = _yaml().safe_load(text) if text.strip() else []
     value = value if isinstance(value, list) else [value]
     return ["" if v is None else str(v) for v in value]
 
 
 def yaml_mapping(name: str, text: str) -> dict[str, str]:
     """A launch argument holding a YAML mapping of strings ('' = empty)."""
-    value = yaml.safe_load(text) if text.strip() else {}
+    value = _yaml().safe_load(text) if text.strip() else {}
     if not isinstance(value, dict):
         raise ValueError(f"launch argument {name}:={text!r} is not a YAML mapping like {{from: to}}")
     return {str(k): str(v) for k, v in value.items()}
@@ -153,7 +163,7 @@ def rviz_config(template: dict, views: list[CameraView], fixed_frame: str) -> di
     """``template`` (an .rviz file's YAML) with one set of displays per camera: the camera image, the colored mask,
     the overlay and the detection markers, on these topics, and ``fixed_frame`` (the markers' frame is the image's
     frame_id)."""
-    config = yaml.safe_load(yaml.safe_dump(template))  # deep copy
+    config = _yaml().safe_load(_yaml().safe_dump(template))  # deep copy
     displays, panels = [], {}
     for view in views:
         prefix = f"{view.label}: " if len(views) > 1 else ""
@@ -176,10 +186,12 @@ def rviz_config(template: dict, views: list[CameraView], fixed_frame: str) -> di
 def write_rviz_config(template_path: str, views: list[CameraView], fixed_frame: str) -> str:
     """Write the RViz config for ``views`` into a fresh temporary directory; return its path."""
     with open(template_path, encoding="utf-8") as f:
-        config = rviz_config(yaml.safe_load(f), views, fixed_frame)
+        config = rviz_config(_yaml().safe_load(f), views, fixed_frame)
+    import tempfile
+
     path = os.path.join(tempfile.mkdtemp(prefix="vltseg_rviz_"), "vltseg.rviz")
     with open(path, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
+        _yaml().safe_dump(config, f, sort_keys=False)
     return path
 
 
@@ -228,3 +240,168 @@ def ament_prefixes() -> list[str]:
     paths = os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)
     paths += os.environ.get("CMAKE_PREFIX_PATH", "").split(os.pathsep)
     return [p for p in paths if p] + [sys.prefix]
+
+
+# ------------------------------------------------------------------------------------------- stopping processes
+STOP_GRACE_S = 3.0
+"""After SIGINT or SIGTERM, how long an executable waits for work in progress (a lifecycle transition, a frame in
+flight) before it exits without it. ``ros2 launch`` sends SIGINT, escalates to SIGTERM 5 s later and to SIGKILL 5 s
+after that: the node has to be gone well inside the first 5 s."""
+STOP_DEADLINE_S = 8.0
+"""After SIGINT or SIGTERM, the moment at which a process still busy with its clean-up (a hung DDS call) exits
+anyway, with status 0, before ``ros2 launch`` would kill it (10 s)."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as a stop request instead of an exception.
+
+    The handler only records the first signal, runs the registered callbacks (cheap, thread-safe ones such as setting
+    an event) and wakes ``wait()``; nothing is raised into whatever the main thread runs. rclpy's own handlers raise
+    KeyboardInterrupt in an arbitrary frame and shut the context down under a running lifecycle transition or
+    ``publish()``, which logged "Failed to complete transition" and FATAL lines on a plain Ctrl-C; so the
+    executables init rclpy with ``SignalHandlerOptions.NO`` and stop themselves in order.
+
+    Install it from the main thread as early as possible: each executable's module does so at its top, before its
+    heavy imports, when it runs as that executable (``install_for``), so that Ctrl-C while importing is a stop
+    request too. Later signals (a second Ctrl-C, ``ros2 launch``'s SIGTERM) change nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self.received_at: Optional[float] = None  # time.monotonic() of the first signal
+        self._callbacks: list = []
+        self._lock = threading.RLock()  # the handler may run in the main thread while it holds this
+        self._wake_r: Optional[int] = None
+        self._wake_w: Optional[int] = None
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop was requested."""
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        """``SIGINT``/``SIGTERM`` (``stop`` when requested by ``request``)."""
+        return signal.Signals(self.signum).name if self.signum and self.signum > 0 else "stop"
+
+    @property
+    def installed(self) -> bool:
+        """Whether the handlers are installed."""
+        return self._wake_r is not None
+
+    def install(self) -> "StopSignals":
+        """Install the handlers (main thread only; elsewhere this does nothing). Idempotent."""
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return self
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # The C-level handler writes to this pipe from whichever thread the kernel delivers the signal to (a DDS or
+        # torch thread, often), so wait() in the main thread wakes at once to run the Python handler.
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._handle)
+        return self
+
+    def install_for(self, executable: str, module_name: str) -> "StopSignals":
+        """``install()`` if this process runs ``executable`` (its console script, or the module with ``-m``): a
+        library import of the module leaves the host program's handlers alone."""
+        if module_name == "__main__" or os.path.basename(sys.argv[0]) == executable:
+            self.install()
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.request(signum)
+
+    def request(self, signum: int = -1) -> None:
+        """Record a stop request (the handler calls this; so may anyone, from any thread) and run the callbacks
+        once."""
+        with self._lock:
+            if self.signum is not None:
+                return
+            self.signum, self.received_at = signum, time.monotonic()
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+        self.wake()
+
+    def on_request(self, callback) -> None:
+        """Call ``callback()`` when a stop is requested (at once if it already was). It runs in the signal handler,
+        in the main thread, wherever that was: it must be idempotent and must not take a lock the main thread may
+        hold (an RLock is fine)."""
+        with self._lock:
+            self._callbacks.append(callback)
+        if self.requested:  # requested before, or while this was being registered
+            callback()
+
+    def wake(self) -> None:
+        """Make a ``wait()`` in progress return (thread-safe)."""
+        if self._wake_w is not None:
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:  # the pipe is full: wait() wakes anyway
+                pass
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until a signal or ``wake()`` (or ``timeout`` s); whether a stop was requested."""
+        if self.requested:
+            return True
+        if self._wake_r is None:
+            time.sleep(0.1 if timeout is None else min(timeout, 0.1))
+            return self.requested
+        try:
+            select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        return self.requested
+
+    def remaining(self, budget: float) -> float:
+        """Seconds left of ``budget`` counted from the first signal (``budget`` before any)."""
+        if self.received_at is None:
+            return budget
+        return max(0.0, budget - (time.monotonic() - self.received_at))
+
+
+STOP = StopSignals()
+"""The process's stop request: one per process, as signal handlers are."""
+
+
+def exit_now(code: int = 0) -> None:
+    """Flush Python's and C's output buffers and end the process at once with ``code``, without running Python's
+    finalisation: for a process whose work is stuck in native code (a warm-up that compiles for minutes) or whose
+    clean-up hangs, after a stop request. Never returns."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed or broken stream: nothing more to say on it
+            pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)  # rcutils logs through C stdio
+    except Exception:  # no libc to flush: the process ends either way
+        pass
+    os._exit(code)
+
+
+def exit_at_deadline(stop: StopSignals, code: int = 0, deadline_s: float = STOP_DEADLINE_S) -> threading.Thread:
+    """A daemon thread that ends the process with ``code`` once ``deadline_s`` have passed since the stop request,
+    in case the orderly shutdown hangs; it dies with the process when that ends first."""
+
+    def watch() -> None:
+        while True:
+            left = stop.remaining(deadline_s)
+            if left <= 0:
+                exit_now(code)
+            time.sleep(min(left, 0.5))
+
+    thread = threading.Thread(target=watch, name="stop-deadline", daemon=True)
+    thread.start()
+    return thread

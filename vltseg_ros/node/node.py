@@ -12,9 +12,16 @@ queueing them.
 """
 from __future__ import annotations
 
+# First, before the heavy imports: as ``vltseg_node``, SIGINT and SIGTERM become a stop request from here on, so a
+# Ctrl-C while importing ends the process cleanly instead of with a KeyboardInterrupt traceback (launch_support.py).
+from .launch_support import STOP, STOP_GRACE_S, exit_at_deadline, exit_now
+
+STOP.install_for("vltseg_node", __name__)
+
 import collections
 import functools
 import os
+import sys
 import threading
 import time
 import traceback
@@ -113,7 +120,8 @@ class VLTSegNode(LifecycleNode):
         self.inference_ms = Percentiles()
         self._slots: dict[int, collections.deque[Frame]] = {}  # camera -> frames waiting for inference
         self._cond = threading.Condition()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the inference thread's: deactivate sets it too
+        self._stopping = threading.Event()  # the process is shutting down (request_stop)
         self._worker: Optional[threading.Thread] = None
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._diag_pub = None
@@ -166,7 +174,10 @@ class VLTSegNode(LifecycleNode):
     # ------------------------------------------------------------------------------------------------ lifecycle
     @_logged_transition
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        """Load the checkpoint, warm the model up, create publishers and publish the label map."""
+        """Load the checkpoint, warm the model up, create publishers and publish the label map. A shutdown request
+        stops it between these steps (FAILURE, back to unconfigured, nothing left behind)."""
+        if self._interrupted("configure"):
+            return TransitionCallbackReturn.FAILURE
         import torch
 
         from ..config import InferenceConfig
@@ -184,6 +195,8 @@ class VLTSegNode(LifecycleNode):
             compile=self.param("compile_mode") if self.param("compile") else False,
             compile_cache_dir=self.param("compile_cache_dir"),
         )
+        if self._interrupted("configure"):
+            return TransitionCallbackReturn.FAILURE
         mode = self.param("inference.mode")
         if mode != "checkpoint":
             inference = InferenceConfig(
@@ -198,7 +211,11 @@ class VLTSegNode(LifecycleNode):
         frame = np.zeros((size[0], size[1], 3), np.uint8)
         for batch in warmup_batches(predictor.inference.mode, bool(self.param("compile")),
                                     len(self.param("cameras")), predictor.max_batch):
+            if self._interrupted("configure"):
+                return TransitionCallbackReturn.FAILURE
             predictor.predict([frame] * batch)
+        if self._interrupted("configure"):
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
             f"loaded {path} ({predictor.meta.model.encoder.name}, {device}, {predictor.precision}); "
             f"warm-up {1000 * (time.perf_counter() - started):.0f} ms"
@@ -242,6 +259,8 @@ class VLTSegNode(LifecycleNode):
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         """Move the model to its device, start the inference thread, and subscribe the inputs whose outputs are
         wanted (checked again every ``INPUT_CHECK_PERIOD_S``)."""
+        if self._interrupted("activate"):
+            return TransitionCallbackReturn.FAILURE
         self.predictor.restore_device()
         self._stop.clear()
         self._worker = threading.Thread(target=self._inference_loop, name="vltseg-inference", daemon=True)
@@ -304,6 +323,41 @@ class VLTSegNode(LifecycleNode):
             self._worker = None
         with self._cond:
             self._slots.clear()
+
+    # ------------------------------------------------------------------------------------------------- stopping
+    @property
+    def stopping(self) -> bool:
+        """Whether the node is shutting down (``request_stop``)."""
+        return self._stopping.is_set()
+
+    def request_stop(self) -> None:
+        """Begin shutting down (thread-safe): a transition in progress gives up at its next step, and the inference
+        thread ends after the frame it is running, without publishing it."""
+        self._stopping.set()
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_for_inference(self, timeout: Optional[float]) -> bool:
+        """Whether the inference thread has ended (or never ran) within ``timeout`` s; after ``request_stop``."""
+        worker = self._worker
+        if worker is None:
+            return True
+        worker.join(timeout)
+        return not worker.is_alive()
+
+    def _interrupted(self, transition: str) -> bool:
+        if self._stopping.is_set():
+            self.log("info", f"{transition}: stopped, the node is shutting down")
+            return True
+        return False
+
+    def log(self, level: str, message: str) -> None:
+        """Log ``message`` at ``level`` (debug/info/warning/error/fatal); once the context is gone (a host program
+        shut it down under the node), on the console only: /rosout cannot take it, and rcl would print an error
+        about the invalid context instead."""
+        logger = self.get_logger() if self.context.ok() else rclpy.logging.get_logger(f"{self.get_name()}.stopped")
+        getattr(logger, level)(message)
 
     def _warn_about_large_images(self) -> None:
         """Fast DDS with its default transports never delivers best-effort images of about 1 MB or more."""
@@ -435,6 +489,8 @@ class VLTSegNode(LifecycleNode):
             try:
                 self._process(frames)
             except Exception as exc:  # keep the node alive on CUDA OOM and the like; the next frame may work
+                if self._stopping.is_set() or not self.context.ok():
+                    break  # shutting down (or the context was shut down under the node): no error, no traceback
                 self.counters.add("inference_errors")
                 self._last_error = repr(exc)
                 self.get_logger().error(f"inference failed: {exc!r}\n{traceback.format_exc()}",
@@ -451,6 +507,8 @@ class VLTSegNode(LifecycleNode):
             return_confidence=any(o.name == "confidence" for outputs in wanted.values() for o in outputs),
         )
         self.inference_ms.add(1000 * (time.perf_counter() - started))
+        if self._stopping.is_set():
+            return  # the process is shutting down: its publishers are about to go
         self.counters.add("batches")
         rendering = Rendering(self.predictor.class_names, self._palette_lut, self.param("overlay_alpha"))
         for frame, prediction in zip(frames, results):
@@ -528,33 +586,84 @@ def _rss_mb() -> float:
         return float("nan")
 
 
-def main(args: Optional[list[str]] = None) -> int:
-    """Entry point of ``vltseg_node`` (``ros2 run vltseg_ros vltseg_node --ros-args ...``)."""
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+def _autostart(node: VLTSegNode) -> bool:
+    """Configure and activate; False (with a FATAL line) when a transition failed, True when both succeeded or a
+    shutdown request stopped them (not a failure)."""
+    for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
+        if node.stopping:
+            return True
+        if trigger() != TransitionCallbackReturn.SUCCESS and not node.stopping:
+            node.get_logger().fatal(f"{name} failed; see the error above")
+            return False
+    return True
 
-    rclpy.init(args=args)
-    node = VLTSegNode()
+
+def main(args: Optional[list[str]] = None) -> int:
+    """Entry point of ``vltseg_node`` (``ros2 run vltseg_ros vltseg_node --ros-args ...``): 0 after SIGINT or
+    SIGTERM, 1 when autostart's configure or activate failed.
+
+    The main thread only waits for a signal; a lifecycle thread runs autostart and then spins. On a signal the node
+    stops in order: transitions give up at their next step, the inference thread ends (``request_stop``), the
+    lifecycle thread returns, then the shutdown transition, the node and the context. rclpy's own signal handlers
+    are off (they would shut the context down under a running transition). What is still running after
+    ``STOP_GRACE_S`` (a warm-up compiling in native code, a frame in a long forward pass) is left behind: the
+    process exits at once with status 0, well before ``ros2 launch`` escalates to SIGTERM (5 s)."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+    from rclpy.task import Future
+
+    stop = STOP.install()
+    if stop.requested:  # SIGINT/SIGTERM while importing
+        print(f"vltseg_node: {stop.name} while starting: exiting", file=sys.stderr, flush=True)
+        return 0
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = VLTSegNode()
+    except BaseException:
+        rclpy.try_shutdown()
+        raise
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    code = 0
-    try:
-        if node.param("autostart"):
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("configure failed; see the error above")
-                code = 1
-            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().fatal("activate failed; see the error above")
-                code = 1
-        if code == 0:
-            executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    stopped: Future = Future()
+    outcome: dict[str, Any] = {"code": 0}
+
+    def run_lifecycle() -> None:
+        try:
+            if node.param("autostart") and not _autostart(node):
+                outcome["code"] = 1
+                return
+            executor.spin_until_future_complete(stopped)
+        except BaseException as exc:  # re-raised by the main thread, after the clean-up
+            outcome["error"] = exc
+        finally:
+            outcome["done"] = True
+            stop.wake()
+
+    runner = threading.Thread(target=run_lifecycle, name="vltseg-lifecycle", daemon=True)
+    runner.start()
+    while "done" not in outcome and not stop.wait():
         pass
+    if stop.requested:
+        exit_at_deadline(stop)  # a clean-up that hangs (in DDS, say) still ends the process, with status 0
+        node.log("info", f"{stop.name}: shutting down")
+        node.request_stop()
+        stopped.set_result(stop.signum)  # wakes the executor
+        runner.join(stop.remaining(STOP_GRACE_S))
+        busy = f"the {node._state_machine.current_state[1]} transition" if runner.is_alive() else None
+        if busy is None and not node.wait_for_inference(stop.remaining(STOP_GRACE_S)):
+            busy = "the inference of a frame"
+        if busy is not None:
+            node.log("info", f"{busy} is still running after {STOP_GRACE_S:g} s: exiting without waiting for it")
+            exit_now(0)
+    try:
+        if node._state_machine.current_state[1] in ("unconfigured", "inactive", "active"):
+            node.trigger_shutdown()
+        if stop.requested:
+            node.log("info", "stopped")
     finally:
-        if rclpy.ok():
-            try:
-                node.trigger_shutdown()
-            except RuntimeError:  # Ctrl-C in the middle of a transition (a long warm-up): no shutdown transition
-                node.on_shutdown(None)
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    return code
+    if "error" in outcome:
+        raise outcome["error"]
+    return 0 if stop.requested else outcome["code"]

@@ -12,6 +12,12 @@ player then fails with an error naming the damage; so do messages that do not de
 """
 from __future__ import annotations
 
+# First, before the heavy imports: as ``vltseg_bag_play`` (or ``python -m``), SIGINT and SIGTERM are a stop request
+# from here on (launch_support.py).
+from .launch_support import STOP
+
+STOP.install_for("vltseg_bag_play", __name__)
+
 import argparse
 import re
 import sys
@@ -34,6 +40,9 @@ from ..bag import BagError, open_messages
 from .msg_types import message_class
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+WAIT_SLICE_S = 0.1
+"""Longest single wait of ``play()``: a signal that the kernel delivers to another thread (DDS's) reaches the
+Python handler in the main thread only when that thread wakes up."""
 # Camera image topics by the image_pipeline naming convention; a bag's other Image topics (GT label masks) are not.
 CAMERA_TOPIC = re.compile(r"/image(_raw|_rect|_color|_rect_color)?(/compressed)?$")
 CLOCK_TOPIC = "/clock"
@@ -83,7 +92,7 @@ class BagPlayer:
         self.wait_timeout_s = wait_timeout_s
         self.delay_s = delay_s
         self.stats = PlayStats()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())  # RLock: the SIGINT handler may call stop() inside
         self._paused = start_paused
         self._paused_at = time.monotonic()
         self._stopped = False
@@ -252,14 +261,15 @@ class BagPlayer:
                 if period is not None:  # bag time runs between messages too, and is held while paused
                     running = self._t0 + int((now - self._wall0) * self.rate * 1e9)
                     self._tick_clock(self._clock_ns if self._paused else min(bag_ns, running))
-                waits = [w for w in (remaining, period) if w is not None]
-                self._cond.wait(timeout=min(waits) if waits else None)
+                self._cond.wait(timeout=min(w for w in (remaining, period, WAIT_SLICE_S) if w is not None))
         return False
 
     def _sleep(self, seconds: float) -> None:
         """Wait ``seconds`` unless stopped first."""
+        deadline = time.monotonic() + seconds
         with self._cond:
-            self._cond.wait_for(lambda: self._stopped, timeout=seconds)
+            while not self._stopped and time.monotonic() < deadline:
+                self._cond.wait(timeout=min(WAIT_SLICE_S, deadline - time.monotonic()))
 
     def _wait_for_subscribers(self) -> None:
         if not self.wait_for_subscribers:
@@ -302,11 +312,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``vltseg bag play``: 0 when the whole bag played, 1 on a damaged bag or missing subscribers."""
+    """Entry point of ``vltseg bag play``: 0 when the whole bag played or SIGINT/SIGTERM stopped it, 1 on a damaged
+    bag or missing subscribers."""
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    # Ctrl-C as a plain KeyboardInterrupt: rclpy's handler would invalidate the context under a publish() call.
+    stop = STOP.install()  # a no-op where the module's import installed it
+    if stop.requested:  # SIGINT/SIGTERM while importing
+        print("stopped after 0 messages", file=sys.stderr)
+        return 0
+    # rclpy's handlers would shut the context down under a publish() call; the stop request ends play() instead.
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     player = None
     executor = SingleThreadedExecutor()
@@ -318,17 +333,18 @@ def run(args: argparse.Namespace) -> int:
             wait_for_subscribers=args.wait_for_subscribers, wait_topics=args.wait_topics,
             wait_timeout_s=args.wait_timeout, start_paused=args.start_paused, delay_s=args.delay,
         )
+        stop.on_request(player.stop)  # from the signal handler: stop() takes the player's RLock only
         executor.add_node(player.node)
         spinner.start()
         stats = player.play()
-        print(f"played {stats.messages} messages on {len(stats.published)} topics in {stats.wall_s:.1f} s")
+        if stop.requested:
+            print(f"stopped ({stop.name}) after {stats.messages} messages", file=sys.stderr)
+        else:
+            print(f"played {stats.messages} messages on {len(stats.published)} topics in {stats.wall_s:.1f} s")
         return 0
     except (BagError, TimeoutError, ValueError) as exc:
         print(f"vltseg bag play: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"stopped after {player.stats.messages if player else 0} messages", file=sys.stderr)
-        return 0
     finally:
         executor.shutdown()
         if spinner.is_alive():
