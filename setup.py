@@ -90,6 +90,7 @@ setup(
             "eval = vltseg_train.evaluate",
             "bag = vltseg_train.bag_cli",
             "demo = vltseg_train.demo",
+            "monitor = vltseg_train.monitor_cli",
         ],
     },
 )

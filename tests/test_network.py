@@ -77,7 +77,8 @@ def test_one_encoder_pass_serves_both_heads(tiny_model):
         out = tiny_model(torch.randn(1, 3, 64, 96))
     handle.remove()
     assert len(calls) == 1
-    assert set(out) == {"seg_scores", "detections"}
+    assert set(out) == {"seg_scores", "frame_descriptor", "detections"}
+    assert out["frame_descriptor"].shape == (1, 2 * tiny_model.cfg.seg_head.hidden_dim)
 
 
 def test_inputs_not_multiple_of_patch_are_padded_and_cropped(tiny_model):

@@ -122,6 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 where the device runs it natively, else fp32")
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most N images per dataset")
+    parser.add_argument("--source", help="report label of the in-domain set: the monitor's failure threshold (its "
+                                         "mean frame mIoU - 10) and false alarms are measured on it (default: the "
+                                         "first label containing 'source', else the first --data)")
     parser.add_argument("--mode", choices=["whole", "slide"], help="override the checkpoint's inference mode")
     parser.add_argument("--size", type=parse_size, help="whole mode input HxW")
     parser.add_argument("--fit-size", dest="fit_size", type=parse_size,
@@ -160,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
             header = {"checkpoint": path, "checkpoint_description": described,
                       "selection": meta.provenance.get("selection"), "precision": args.precision,
                       "tta": dataclasses.asdict(tta) if tta else None, "processes": dist.world}
-            paths = write_report(results, args.out, meta.model.classes, header)
+            thresholds = {name: entry["thresholds"]["warn"] for name, entry in (meta.monitor or {}).get(
+                "scores", {}).items()}
+            header["monitor_calibration"] = (meta.monitor or {}).get("calibration")
+            paths = write_report(results, args.out, meta.model.classes, header, monitor_source=args.source,
+                                 monitor_thresholds=thresholds)
             print(f"checkpoint: {described}")
             print(markdown_table(results, meta.model.classes).split("\n\n")[0])
             print(f"report: {os.path.abspath(args.out)} ({', '.join(os.path.basename(p) for p in paths.values())})")

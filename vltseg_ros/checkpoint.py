@@ -39,6 +39,10 @@ class CheckpointMeta:
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # The domain-shift monitor's in-domain calibration (``vltseg monitor calibrate``): per frame-score name its
+    # statistics and alarm thresholds, the in-domain score distribution, and which split and how many frames gave
+    # them. None = uncalibrated: the monitor then says so instead of judging.
+    monitor: Optional[dict[str, Any]] = None
 
     def to_json(self) -> str:
         """Serialise to the JSON stored in the file header."""
@@ -49,6 +53,7 @@ class CheckpointMeta:
             "normalization": to_dict(self.normalization),
             "inference": to_dict(self.inference),
             "provenance": self.provenance,
+            **({"monitor": self.monitor} if self.monitor else {}),
         }, sort_keys=True)
 
     @classmethod
@@ -71,6 +76,7 @@ class CheckpointMeta:
                 normalization=normalization_from_dict(data["normalization"]),
                 inference=inference_config_from_dict(data["inference"]),
                 provenance=dict(data.get("provenance") or {}),
+                monitor=_monitor_section(data.get("monitor"), path),
             )
         except KeyError as exc:
             raise CheckpointError(f"{path}: metadata lacks {exc}") from exc
@@ -136,6 +142,19 @@ def load_extra(path: str) -> dict[str, torch.Tensor]:
     """Tensors stored beside the weights by ``save_checkpoint(extra=...)`` (training state), prefix removed."""
     with _open(path) as f:
         return {k[len(EXTRA_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(EXTRA_PREFIX)}
+
+
+def _monitor_section(section: Any, path: str) -> Optional[dict[str, Any]]:
+    """Validate the metadata's ``monitor`` section (None when absent)."""
+    if section is None:
+        return None
+    scores = section.get("scores") if isinstance(section, dict) else None
+    if not isinstance(scores, dict) or not scores or any(
+            not isinstance(e, dict) or not {"stats", "thresholds"} <= set(e) or
+            not {"warn", "error"} <= set(e["thresholds"] or {}) for e in scores.values()):
+        raise CheckpointError(f"{path}: metadata 'monitor' needs 'scores', each with 'stats' and 'thresholds' "
+                              "(warn, error)")
+    return section
 
 
 def listing(items: list[str], limit: int = 8) -> str:

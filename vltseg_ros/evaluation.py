@@ -53,7 +53,8 @@ def score(scorer: Scorer, frame: Frame, prediction: Prediction, latency_s: Optio
     """Add one predicted frame to ``scorer``. ``size`` (H, W) is the image's when ``frame.image`` is absent."""
     height, width = size if size is not None else frame.image.shape[:2]
     scorer.add(prediction.label_map, frame.label, prediction.boxes, prediction.box_scores, prediction.box_class_ids,
-               frame.boxes, frame.box_class_ids, height, width, latency_s=latency_s, key=key)
+               frame.boxes, frame.box_class_ids, height, width, latency_s=latency_s, key=key,
+               frame_scores=prediction.frame_scores)
 
 
 OnFrame = Callable[[int, Frame, Prediction, float], None]

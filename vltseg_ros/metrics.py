@@ -169,3 +169,96 @@ def _quiet(fn, *args):
 
     with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Frame scores of the domain-shift monitor: does a frame's score track its accuracy?
+
+def frame_miou(prediction: np.ndarray, target: np.ndarray, num_classes: int,
+               ignore_index: int = IGNORE_INDEX) -> float:
+    """One frame's mIoU over the classes present in its ground truth or its prediction (the dataset mIoU's rule,
+    on one frame); nan when the frame has no valid ground-truth pixel."""
+    evaluator = SegmentationEvaluator([str(i) for i in range(num_classes)], ignore_index)
+    evaluator.process(prediction, target)
+    return evaluator.evaluate()["mIoU"]
+
+
+def spearman(scores: Sequence[float], values: Sequence[float]) -> Optional[float]:
+    """Spearman rank correlation, None with fewer than 3 frames or a constant side."""
+    from scipy.stats import spearmanr
+
+    scores, values = np.asarray(scores, float), np.asarray(values, float)
+    if len(scores) < 3 or np.ptp(scores) == 0 or np.ptp(values) == 0:
+        return None
+    return float(spearmanr(scores, values).statistic)
+
+
+def failure_auroc(scores: Sequence[float], failed: Sequence[bool]) -> Optional[float]:
+    """AUROC of the score separating good from failed frames: the probability that a good frame scores higher
+    than a failed one (ties count half; Mann-Whitney U). None when either group is empty."""
+    from scipy.stats import rankdata
+
+    scores, failed = np.asarray(scores, float), np.asarray(failed, bool)
+    good, bad = scores[~failed], scores[failed]
+    if not len(good) or not len(bad):
+        return None
+    ranks = rankdata(np.concatenate([good, bad]))
+    return float((ranks[: len(good)].sum() - len(good) * (len(good) + 1) / 2) / (len(good) * len(bad)))
+
+
+def risk_coverage(scores: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, risk): keeping the most trusted frames first, the mean loss of the kept ones at each coverage."""
+    scores, losses = np.asarray(scores, float), np.asarray(losses, float)
+    order = np.argsort(-scores, kind="stable")
+    kept = np.arange(1, len(losses) + 1)
+    return kept / len(losses), np.cumsum(losses[order]) / kept
+
+
+def aurc(scores: Sequence[float], losses: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    """Area under the risk-coverage curve and its excess over the best possible ordering (E-AURC)."""
+    losses = np.asarray(losses, float)
+    if not len(losses):
+        return None, None
+    _, risk = risk_coverage(scores, losses)
+    _, oracle = risk_coverage(-losses, losses)
+    return float(risk.mean()), float(risk.mean() - oracle.mean())
+
+
+def monitor_summary(frames: dict[str, dict[str, list]], source: Optional[str], warn_threshold: Optional[float],
+                    failure_margin: float = 0.10) -> dict:
+    """How well frame scores track frame mIoU, per domain and over all frames.
+
+    ``frames``: per domain, lists ``score`` and ``miou`` (nan where the frame had no ground truth). A frame
+    "failed" when its mIoU is below the source domain's mean frame mIoU minus ``failure_margin`` (10 points);
+    loss = 1 - frame mIoU for AURC. ``warn_threshold``: the calibrated warning threshold (frames below it raise a
+    warning; the false-alarm rate is their share in the source domain), None when uncalibrated.
+    """
+    def arrays(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        s = np.concatenate([np.asarray(frames[n]["score"], float) for n in names]) if names else np.zeros(0)
+        m = np.concatenate([np.asarray(frames[n]["miou"], float) for n in names]) if names else np.zeros(0)
+        keep = np.isfinite(s) & np.isfinite(m)
+        return s[keep], m[keep]
+
+    domains = list(frames)
+    src_scores, src_miou = arrays([source]) if source in frames else (np.zeros(0), np.zeros(0))
+    fail_below = float(src_miou.mean() - failure_margin) if len(src_miou) else None
+
+    def stats(names: Sequence[str]) -> dict:
+        s, m = arrays(names)
+        out: dict = {"frames": int(len(s)), "mean_score": float(s.mean()) if len(s) else None,
+                     "mean_frame_miou": float(m.mean()) if len(m) else None, "spearman": spearman(s, m)}
+        if fail_below is not None:
+            failed = m < fail_below
+            out["failed"] = int(failed.sum())
+            out["auroc"] = failure_auroc(s, failed)
+        out["aurc"], out["e_aurc"] = aurc(s, 1 - m)
+        if warn_threshold is not None and len(s):
+            out["below_warn"] = float((s < warn_threshold).mean())
+        return out
+
+    targets = [d for d in domains if d != source]
+    summary = {"source": source, "failure_below_miou": fail_below, "warn_threshold": warn_threshold,
+               "all": stats(domains), "targets": stats(targets), "domains": {d: stats([d]) for d in domains}}
+    if source in frames and warn_threshold is not None and len(src_scores):
+        summary["in_domain_false_alarm_rate"] = float((src_scores < warn_threshold).mean())
+    return summary

@@ -2,7 +2,7 @@
 outputs (the online evaluator node) builds one without importing torch."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -17,3 +17,7 @@ class Prediction:
     boxes: np.ndarray  # [N, 4] float32 xyxy in source pixels
     box_class_ids: np.ndarray  # [N] int64 ids in ``Predictor.class_names``
     box_scores: np.ndarray  # [N] float32
+    # The domain-shift monitor (vltseg_ros.monitor): frame scores by name (higher = more trustworthy), present once
+    # the checkpoint is calibrated, and the per-frame descriptors they are computed from (what calibration fits).
+    frame_scores: dict[str, float] = field(default_factory=dict)
+    frame_descriptors: dict[str, np.ndarray] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from .config import InferenceConfig, TTAConfig, validate_inference_config
 from .labels import IGNORE_INDEX
 from .model.detection import unpad_detections
 from .precision import autocast, resolve_precision
+from . import monitor
 from .prediction import Prediction
 
 
@@ -81,6 +82,8 @@ class Predictor:
         self.has_det = cfg.det_head is not None
         self._class_lut: Optional[np.ndarray] = None  # class filter: label-map LUT (None = every class)
         self._kept_ids: Optional[np.ndarray] = None  # class filter: ids whose boxes are returned
+        self._monitor: Optional[dict] = None  # frame-score name -> calibration stats (device tensors), thresholds
+        self.set_monitor_calibration(meta.monitor)
 
     # ------------------------------------------------------------------ settings a running node changes live
     def set_score_threshold(self, value: float) -> None:
@@ -181,10 +184,38 @@ class Predictor:
         if not tensors:
             return []
         if self.tta is None:
-            scores, detections = self._infer(tensors, self.inference)
+            scores, detections, descriptors = self._infer(tensors, self.inference)
         else:
-            scores, detections = self._augmented(tensors)
-        return [self._finish(s, d, return_confidence) for s, d in zip(scores, detections)]
+            scores, detections, descriptors = self._augmented(tensors)
+        return [self._finish(s, d, return_confidence, self._frame_monitor(desc, t))
+                for s, d, desc, t in zip(scores, detections, descriptors, tensors)]
+
+    # ------------------------------------------------------------------------------------------ domain-shift monitor
+    @property
+    def monitor_calibrated(self) -> bool:
+        """Whether the checkpoint holds the monitor's in-domain calibration (``vltseg monitor calibrate``)."""
+        return self._monitor is not None
+
+    @property
+    def monitor_thresholds(self) -> dict[str, dict[str, float]]:
+        """Calibrated alarm thresholds (``warn``, ``error``) by frame-score name; empty when uncalibrated."""
+        return {name: dict(entry["thresholds"]) for name, entry in (self._monitor or {}).items()}
+
+    def set_monitor_calibration(self, calibration: Optional[dict]) -> None:
+        """Use this calibration (the checkpoint metadata's ``monitor`` section) from now on; None = uncalibrated."""
+        self._monitor = None if not calibration else {
+            name: {"stats": monitor.from_plain(entry["stats"], self.device), "thresholds": entry["thresholds"]}
+            for name, entry in calibration["scores"].items()}
+
+    def _frame_monitor(self, descriptor: Optional[Tensor], image: Tensor) -> tuple[dict, dict]:
+        """(descriptors, scores) of one frame by score name: the default feature-shift score and the model-free
+        image-statistics baseline. Scores only with a calibration; computed on the device."""
+        descriptors = {monitor.DEFAULT_SCORE: descriptor} if descriptor is not None else {}
+        descriptors[monitor.BASELINE_SCORE] = monitor.baseline_descriptor(image)
+        scores = {name: monitor.frame_score(descriptors[name], entry["stats"])
+                  for name, entry in (self._monitor or {}).items() if name in descriptors}
+        return ({k: v[0].float().cpu().numpy() for k, v in descriptors.items()},
+                {k: float(v[0]) for k, v in scores.items()})
 
     @torch.inference_mode()
     def class_scores(self, image: np.ndarray | Tensor, image_format: str = "RGB") -> Tensor:
@@ -196,20 +227,23 @@ class Predictor:
             raise InputError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         return self._infer([self._upload(image, image_format)], self.inference)[0][0].float()
 
-    def _infer(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
-        """Per image: class scores [K, H, W] at the source size and detections in source pixels (or None)."""
+    def _infer(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list, list]:
+        """Per image: class scores [K, H, W] at the source size, detections in source pixels, and the monitor's
+        feature descriptor [1, 2D] (averaged over sliding windows); None where the network has no such head."""
         return self._whole(tensors, cfg) if cfg.mode == "whole" else self._slide(tensors, cfg)
 
-    def _augmented(self, tensors: list[Tensor]) -> tuple[list, list]:
+    def _augmented(self, tensors: list[Tensor]) -> tuple[list, list, list]:
         """``_infer`` at every TTA scale and flip: per-pass class softmax averaged, boxes of all passes merged by
-        class-wise NMS."""
+        class-wise NMS, the monitor's descriptor of the first (unaugmented) pass."""
         passes = [(scale, flip) for scale in self.tta.scales for flip in ((False, True) if self.tta.flip else (False,))]
         scores: list[Optional[Tensor]] = [None] * len(tensors)
         boxes: list[list[dict]] = [[] for _ in tensors]
+        descriptors: Optional[list] = None
         for scale, flip in passes:
             cfg = dataclasses.replace(self.inference, size=[round(v * scale) for v in self.inference.size],
                                       fit_size=[round(v * scale) for v in self.inference.fit_size])
-            out_scores, out_dets = self._infer([t.flip(-1) for t in tensors] if flip else tensors, cfg)
+            out_scores, out_dets, out_desc = self._infer([t.flip(-1) for t in tensors] if flip else tensors, cfg)
+            descriptors = descriptors or out_desc
             for i, (score, det) in enumerate(zip(out_scores, out_dets)):
                 if score is not None:
                     # Softmax over classes before averaging, as mmseg's SegTTAModel merges passes.
@@ -224,7 +258,7 @@ class Predictor:
         scores = [None if s is None else s / len(passes) for s in scores]
         detections = [self._merge_windows(*(torch.cat([d[k] for d in dets]) for k in ("boxes", "scores", "labels")))
                       if dets else None for dets in boxes]
-        return scores, detections
+        return scores, detections, descriptors
 
     def _run(self, batch: Tensor) -> dict:
         with autocast(self.precision, self.device):
@@ -235,10 +269,11 @@ class Predictor:
         return {key: value.clone() if isinstance(value, Tensor) else {k: v.clone() for k, v in value.items()}
                 for key, value in out.items()}
 
-    def _whole(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
+    def _whole(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list, list]:
         size = cfg.size
         scores: list[Optional[Tensor]] = []
         detections: list[Optional[dict]] = []
+        descriptors: list[Optional[Tensor]] = []
         for start in range(0, len(tensors), self.max_batch):
             chunk = tensors[start:start + self.max_batch]
             batch = torch.cat([self._normalise(t, size) for t in chunk])
@@ -250,11 +285,13 @@ class Predictor:
                               if self.has_seg else None)
                 detections.append(self._scale_boxes(dets[i], src_h / size[0], src_w / size[1])
                                   if self.has_det else None)
-        return scores, detections
+                descriptors.append(out["frame_descriptor"][i:i + 1] if self.has_seg else None)
+        return scores, detections, descriptors
 
-    def _slide(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list]:
+    def _slide(self, tensors: list[Tensor], cfg: InferenceConfig) -> tuple[list, list, list]:
         scores: list[Optional[Tensor]] = []
         detections: list[Optional[dict]] = []
+        descriptors: list[Optional[Tensor]] = []
         for t in tensors:
             src_h, src_w = t.shape[-2:]
             h, w = fit_size(src_h, src_w, cfg.fit_size)
@@ -263,7 +300,7 @@ class Predictor:
             crops = [(y, x) for y in window_origins(h, win_h, cfg.stride) for x in window_origins(w, win_w, cfg.stride)]
             total = image.new_zeros((1, len(self.meta.model.classes), h, w)) if self.has_seg else None
             count = image.new_zeros((1, 1, h, w))
-            boxes, box_scores, labels = [], [], []
+            boxes, box_scores, labels, window_descriptors = [], [], [], []
             for start in range(0, len(crops), self.max_batch):
                 chunk = crops[start:start + self.max_batch]
                 batch = torch.cat([image[..., y:y + win_h, x:x + win_w] for y, x in chunk])
@@ -273,18 +310,20 @@ class Predictor:
                     count[..., y:y + win_h, x:x + win_w] += 1
                     if self.has_seg:
                         total[..., y:y + win_h, x:x + win_w] += out["seg_scores"][i:i + 1]
+                        window_descriptors.append(out["frame_descriptor"][i:i + 1])
                     if self.has_det:
                         det = dets[i]
                         boxes.append(det["boxes"] + det["boxes"].new_tensor([x, y, x, y]))
                         box_scores.append(det["scores"])
                         labels.append(det["labels"])
             scores.append(self._resize_scores(total / count, (src_h, src_w)) if self.has_seg else None)
+            descriptors.append(torch.cat(window_descriptors).mean(0, keepdim=True) if self.has_seg else None)
             if self.has_det:
                 merged = self._merge_windows(torch.cat(boxes), torch.cat(box_scores), torch.cat(labels))
                 detections.append(self._scale_boxes(merged, src_h / h, src_w / w))
             else:
                 detections.append(None)
-        return scores, detections
+        return scores, detections, descriptors
 
     def _merge_windows(self, boxes: Tensor, scores: Tensor, labels: Tensor) -> dict:
         """Class-wise NMS over the union of all windows' detections (overlapping windows see objects twice)."""
@@ -303,7 +342,8 @@ class Predictor:
         factor = det["boxes"].new_tensor([scale_x, scale_y, scale_x, scale_y])
         return {"boxes": det["boxes"] * factor, "scores": det["scores"], "labels": det["labels"]}
 
-    def _finish(self, scores: Optional[Tensor], det: Optional[dict], return_confidence: bool) -> Prediction:
+    def _finish(self, scores: Optional[Tensor], det: Optional[dict], return_confidence: bool,
+                frame_monitor: tuple[dict, dict]) -> Prediction:
         label_map = confidence = None
         if scores is not None:
             best, label = scores.max(dim=0)
@@ -326,7 +366,8 @@ class Predictor:
             boxes = np.zeros((0, 4), np.float32)
             class_ids = np.zeros((0,), np.int64)
             box_scores = np.zeros((0,), np.float32)
-        return Prediction(label_map, confidence, boxes, class_ids, box_scores)
+        descriptors, frame_scores = frame_monitor
+        return Prediction(label_map, confidence, boxes, class_ids, box_scores, frame_scores, descriptors)
 
 
 __all__ = ["Predictor", "Prediction", "InputError", "fit_size", "window_origins", "IGNORE_INDEX"]

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .metrics import DetectionEvaluator, SegmentationEvaluator
+from .metrics import DetectionEvaluator, SegmentationEvaluator, frame_miou, monitor_summary, risk_coverage
 
 
 class Scorer:
@@ -25,14 +25,27 @@ class Scorer:
         self.seg_images = 0
         self.gt_boxes = 0
         self.latencies: list[float] = []
+        # Frame scores of the domain-shift monitor, by score name, and each frame's mIoU (nan without ground truth).
+        self.frame_scores: dict[str, list[float]] = {}
+        self.frame_mious: list[float] = []
 
     def add(self, label_map: Optional[np.ndarray], gt_label: Optional[np.ndarray], boxes: np.ndarray,
             scores: np.ndarray, class_ids: np.ndarray, gt_boxes: Optional[np.ndarray],
             gt_class_ids: Optional[np.ndarray], height: int, width: int, latency_s: Optional[float] = None,
-            key: Optional[int] = None) -> None:
+            key: Optional[int] = None, frame_scores: Optional[dict[str, float]] = None) -> None:
         """Add one frame; ground truth that is None is not scored (a bag without labels gives latency only).
-        ``key`` (e.g. the sample index) orders frames for box AP, so merged shards score like one pass."""
+        ``key`` (e.g. the sample index) orders frames for box AP, so merged shards score like one pass.
+        ``frame_scores``: the monitor's scores of this frame by name, kept with the frame's mIoU."""
         self.images += 1
+        if frame_scores:
+            for name, value in frame_scores.items():
+                # a score that appears late is nan for the frames before it, so the lists stay aligned
+                self.frame_scores.setdefault(name, [float("nan")] * len(self.frame_mious)).append(float(value))
+            for name, values in self.frame_scores.items():
+                if name not in frame_scores:
+                    values.append(float("nan"))
+            self.frame_mious.append(frame_miou(label_map, gt_label, len(self.class_names))
+                                    if label_map is not None and gt_label is not None else float("nan"))
         if label_map is not None and gt_label is not None:
             self.seg.process(label_map, gt_label)
             self.seg_images += 1
@@ -51,6 +64,10 @@ class Scorer:
             self.det.merge(other.det)
         self.gt_boxes += other.gt_boxes
         self.latencies.extend(other.latencies)
+        for name in set(self.frame_scores) | set(other.frame_scores):
+            mine = self.frame_scores.get(name, [float("nan")] * len(self.frame_mious))
+            self.frame_scores[name] = mine + other.frame_scores.get(name, [float("nan")] * len(other.frame_mious))
+        self.frame_mious.extend(other.frame_mious)
 
     def result(self) -> dict:
         """JSON-ready summary: images, segmentation (if scored), detection (if any GT box), latency (if timed)."""
@@ -63,21 +80,78 @@ class Scorer:
             ms = np.array(self.latencies) * 1000
             out["latency_ms"] = {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
                                  "mean": float(ms.mean()), "max": float(ms.max())}
+        if self.frame_scores:
+            out["frames"] = {"miou": _json_floats(self.frame_mious),
+                             **{f"score/{name}": _json_floats(v) for name, v in self.frame_scores.items()}}
         return out
 
 
+def _json_floats(values: Sequence[float]) -> list[Optional[float]]:
+    return [float(v) if np.isfinite(v) else None for v in values]
+
+
+def frame_table(results: dict[str, dict]) -> dict[str, dict[str, dict[str, list]]]:
+    """Per monitor score name, per domain: the ``score`` and ``miou`` lists (nan for missing) of ``results``."""
+    table: dict[str, dict[str, dict[str, list]]] = {}
+    for domain, r in results.items():
+        frames = r.get("frames") or {}
+        mious = [np.nan if v is None else v for v in frames.get("miou", [])]
+        for key, values in frames.items():
+            if key.startswith("score/"):
+                table.setdefault(key[len("score/"):], {})[domain] = {
+                    "score": [np.nan if v is None else v for v in values], "miou": mious}
+    return table
+
+
+def monitor_results(results: dict[str, dict], source: Optional[str] = None,
+                    thresholds: Optional[dict[str, float]] = None) -> dict[str, dict]:
+    """``metrics.monitor_summary`` of every monitor score in ``results``. ``source``: the in-domain set (default:
+    the first domain whose name contains "source", else the first); ``thresholds``: calibrated warning thresholds
+    by score name."""
+    if source is None:
+        source = next((d for d in results if "source" in d), next(iter(results), None))
+    return {name: monitor_summary(per_domain, source, (thresholds or {}).get(name))
+            for name, per_domain in frame_table(results).items()}
+
+
 def write_report(results: dict[str, dict], out_dir: str, class_names: Sequence[str], header: dict,
-                 plots: bool = True) -> dict[str, str]:
-    """Write results.json, results.md, per_class_iou.png and confusion_<domain>.png; returns the paths."""
+                 plots: bool = True, monitor_source: Optional[str] = None,
+                 monitor_thresholds: Optional[dict[str, float]] = None) -> dict[str, str]:
+    """Write results.json, results.md, per_class_iou.png and confusion_<domain>.png; with monitor frame scores also
+    the monitor's table (results.json ``monitor``), risk_coverage.png and score_vs_miou.png; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "results.json"), "markdown": os.path.join(out_dir, "results.md")}
+    monitor = monitor_results(results, monitor_source, monitor_thresholds)
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump({**header, "results": results}, f, indent=1)
+        json.dump({**header, "results": results, **({"monitor": monitor} if monitor else {})}, f, indent=1)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(markdown_table(results, class_names))
+        f.write(markdown_table(results, class_names) + (monitor_markdown(monitor) if monitor else ""))
     if plots:  # matplotlib holds the GIL for a second or more: periodic rewrites skip it
         paths.update(plot_results(results, class_names, out_dir))
+        if monitor:
+            paths.update(plot_monitor(results, out_dir))
     return paths
+
+
+def monitor_markdown(monitor: dict[str, dict]) -> str:
+    """The domain-shift monitor's tables: per score, per domain and over all frames."""
+    lines = []
+    for name, summary in monitor.items():
+        fail = summary["failure_below_miou"]
+        lines += ["", f"Monitor score `{name}` (higher = more trustworthy; a frame fails below "
+                      f"{percent(fail)} frame mIoU, the source mean minus 10; warning threshold "
+                      f"{_number(summary['warn_threshold'])})", "",
+                  "| frames | n | mean score | mean frame mIoU | Spearman ρ | failure AUROC | AURC | E-AURC | "
+                  "below warning |", "|---|---|---|---|---|---|---|---|---|"]
+        rows = [("all", summary["all"]), ("targets", summary["targets"]), *summary["domains"].items()]
+        for label, s in rows:
+            lines.append(f"| {label} | {s['frames']} | {_number(s['mean_score'], 3)} | {percent(s['mean_frame_miou'])}"
+                         f" | {_number(s['spearman'])} | {_number(s.get('auroc'))} | {_number(s['aurc'], 3)} | "
+                         f"{_number(s['e_aurc'], 3)} | {percent(s.get('below_warn'))} |")
+        if "in_domain_false_alarm_rate" in summary:
+            lines.append(f"\nIn-domain false alarms ({summary['source']}): "
+                         f"{percent(summary['in_domain_false_alarm_rate'])} %")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: dict[str, dict], class_names: Sequence[str]) -> str:
@@ -98,8 +172,8 @@ def markdown_table(results: dict[str, dict], class_names: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _number(value: Optional[float]) -> str:
-    return "-" if value is None or not np.isfinite(value) else f"{value:.2f}"
+def _number(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
 
 
 def percent(value: Optional[float]) -> str:
@@ -151,5 +225,51 @@ def plot_results(results: dict[str, dict], class_names: Sequence[str], out_dir: 
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
         paths[f"confusion_{name}"] = os.path.join(out_dir, f"confusion_{safe}.png")
         fig.savefig(paths[f"confusion_{name}"], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def plot_monitor(results: dict[str, dict], out_dir: str) -> dict[str, str]:
+    """Per monitor score: the risk-coverage curve (all frames with ground truth) and frame score vs frame mIoU,
+    coloured by domain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, str] = {}
+    for name, per_domain in frame_table(results).items():
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        scores = np.concatenate([np.asarray(v["score"], float) for v in per_domain.values()])
+        mious = np.concatenate([np.asarray(v["miou"], float) for v in per_domain.values()])
+        keep = np.isfinite(scores) & np.isfinite(mious)
+        if not keep.any():
+            continue
+        coverage, risk = risk_coverage(scores[keep], 1 - mious[keep])
+        _, oracle = risk_coverage(mious[keep], 1 - mious[keep])
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot(coverage, risk, label=f"{name}")
+        ax.plot(coverage, oracle, "--", color="grey", label="oracle")
+        ax.axhline(float((1 - mious[keep]).mean()), color="black", lw=0.8, label="no selection")
+        ax.set_xlabel("coverage (frames kept, most trusted first)")
+        ax.set_ylabel("risk (mean 1 - frame mIoU of kept frames)")
+        ax.set_title(f"Risk-coverage: {name}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths[f"risk_coverage_{name}"] = os.path.join(out_dir, f"risk_coverage_{safe}.png")
+        fig.savefig(paths[f"risk_coverage_{name}"], dpi=110)
+        plt.close(fig)
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for domain, v in per_domain.items():
+            s, m = np.asarray(v["score"], float), np.asarray(v["miou"], float)
+            ok = np.isfinite(s) & np.isfinite(m)
+            ax.scatter(s[ok], 100 * m[ok], s=10, label=domain)
+        ax.set_xlabel(f"frame score ({name})")
+        ax.set_ylabel("frame mIoU (%)")
+        ax.set_title("Frame score vs frame mIoU")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths[f"score_vs_miou_{name}"] = os.path.join(out_dir, f"score_vs_miou_{safe}.png")
+        fig.savefig(paths[f"score_vs_miou_{name}"], dpi=110)
         plt.close(fig)
     return paths

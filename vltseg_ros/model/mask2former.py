@@ -311,7 +311,8 @@ class Mask2FormerHead(nn.Module):
         return logits, masks, attn_mask
 
     def forward(self, features: Sequence[Tensor]) -> dict[str, Any]:
-        """features: 4 maps finest first -> {"pred_logits", "pred_masks", "aux_outputs"} (see module docs)."""
+        """features: 4 maps finest first -> {"pred_logits", "pred_masks", "aux_outputs", "mask_features"} (see module
+        docs; ``mask_features`` [B, D, h4, w4] is the pixel decoder's output, which the domain-shift monitor reads)."""
         mask_features, memories = self.pixel_decoder(features)
         bsz = mask_features.shape[0]
         mem_flat, mem_pos, mem_sizes = [], [], []
@@ -337,6 +338,7 @@ class Mask2FormerHead(nn.Module):
             "pred_logits": preds[-1][0],
             "pred_masks": preds[-1][1],
             "aux_outputs": [{"pred_logits": lg, "pred_masks": mk} for lg, mk in preds[:-1]],
+            "mask_features": mask_features,
         }
 
     @staticmethod

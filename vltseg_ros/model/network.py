@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, NormalizationConfig
 from .detection import DetectionHead
+from ..monitor import frame_descriptor
 from .encoder import ClipEncoder, floor_to_multiple, pad_to_multiple
 from .mask2former import Mask2FormerHead, Mask2FormerLoss
 from .pyramid import SimpleFeaturePyramid
@@ -82,7 +83,8 @@ class VLTSeg(nn.Module):
     ) -> dict[str, Any]:
         """Training mode: weighted losses (``loss_*``) for the heads whose targets are given.
 
-        Eval mode: ``seg_scores`` [B, K, H, W] per-class scores at the input size, and ``detections``: fixed-shape
+        Eval mode: ``seg_scores`` [B, K, H, W] per-class scores at the input size, ``frame_descriptor`` [B, 2D] (the
+        domain-shift monitor's feature statistics, ``vltseg_ros.monitor.frame_descriptor``), and ``detections``: fixed-shape
         ``boxes`` [B, D, 4] xyxy (input pixels), ``scores`` [B, D], ``labels`` [B, D] (0-based indices into the
         detection classes) and ``count`` [B]: image b's detections are its first ``count[b]`` rows, by descending
         score (``unpad_detections`` gives per-image lists). Compiled or traced, eval mode has no data-dependent
@@ -120,6 +122,9 @@ class VLTSeg(nn.Module):
             )
             scores = Mask2FormerHead.semantic_scores(pred["pred_logits"].float(), masks)
             out["seg_scores"] = scores[..., :height, :width]
+            # The domain-shift monitor's per-image descriptor (vltseg_ros.monitor): channel means and standard
+            # deviations of the pixel decoder's output. A few hundred floats, computed where the features are.
+            out["frame_descriptor"] = frame_descriptor(pred)
         if self.det_head is not None:
             out["detections"] = self.det_head(pyramid, tuple(padded.shape[-2:]), sizes)
         return out

@@ -1,0 +1,153 @@
+"""The domain-shift monitor end to end without ROS: calibration into the checkpoint, frame scores in the predictor,
+and the monitor's metrics and report in every evaluation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vltseg_ros.checkpoint import load_checkpoint, read_meta
+from vltseg_ros.cli import main as cli
+from vltseg_ros.metrics import aurc, failure_auroc, frame_miou, monitor_summary, spearman
+from vltseg_ros.monitor import BASELINE_SCORE, DEFAULT_SCORE
+from vltseg_ros.predictor import Predictor
+from vltseg_ros.report import Scorer
+
+
+@pytest.fixture(scope="module")
+def calibration_root(tmp_path_factory):
+    """A held-out source split of 24 frames (the calibration needs at least 20)."""
+    from vltseg_ros.synth import write_split
+
+    root = tmp_path_factory.mktemp("calib")
+    write_split(str(root), "val", 24, seed=500, height=64, width=128, style="synthetic")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, calibration_root):
+    """A tiny seg checkpoint (whole 64x128) and its calibrated copy."""
+    out = tmp_path_factory.mktemp("monitor")
+    plain, calibrated = str(out / "plain.safetensors"), str(out / "calibrated.safetensors")
+    assert cli(["checkpoint", "new", "--model", "eva02_tiny", "--heads", "seg", "--out", plain, "--mode", "whole",
+                "--size", "64x128"]) == 0
+    assert cli(["monitor", "calibrate", "--checkpoint", plain, "--data", f"cityscapes:{calibration_root}:val",
+                "--out", calibrated]) == 0
+    return plain, calibrated
+
+
+def test_calibration_is_stored_with_its_split_and_frame_count(calibrated, calibration_root):
+    plain, path = calibrated
+    assert read_meta(plain).monitor is None  # --out leaves the input alone
+    section = read_meta(path).monitor
+    assert section["default"] == DEFAULT_SCORE
+    assert section["calibration"]["frames"] == 24 and section["calibration"]["split"] == "val"
+    assert section["calibration"]["dataset"] == "cityscapes" and section["calibration"]["root"] == calibration_root
+    for name in (DEFAULT_SCORE, BASELINE_SCORE):
+        entry = section["scores"][name]
+        t = entry["thresholds"]
+        assert t["error"] <= t["warn"] and (t["warn_rate"], t["error_rate"]) == (0.05, 0.01) and t["count"] == 24
+        held_out = np.array(entry["distribution"]["out_of_fold_scores"])
+        assert len(held_out) == 24
+        # The warning threshold is the 5 % quantile of the held-out in-domain scores: about 1 frame in 20 is below.
+        assert (held_out < t["warn"]).sum() <= 2
+
+
+def test_a_calibrated_predictor_scores_frames_and_an_uncalibrated_one_says_so(calibrated, calibration_root):
+    import cv2
+
+    plain, path = calibrated
+    image = cv2.cvtColor(cv2.imread(_first_image(calibration_root)), cv2.COLOR_BGR2RGB)
+    uncalibrated = Predictor.from_checkpoint(plain)
+    result = uncalibrated.predict([image])[0]
+    assert not uncalibrated.monitor_calibrated and result.frame_scores == {}
+    assert set(result.frame_descriptors) == {DEFAULT_SCORE, BASELINE_SCORE}  # what calibration would fit
+    predictor = Predictor.from_checkpoint(path)
+    assert predictor.monitor_calibrated
+    scores = predictor.predict([image])[0].frame_scores
+    assert set(scores) == {DEFAULT_SCORE, BASELINE_SCORE} and all(np.isfinite(v) for v in scores.values())
+    dark = (image * 0.15).astype(np.uint8)  # a night the model never saw
+    dark_scores = predictor.predict([dark])[0].frame_scores
+    thresholds = predictor.monitor_thresholds
+    assert dark_scores[DEFAULT_SCORE] < thresholds[DEFAULT_SCORE]["error"] < scores[DEFAULT_SCORE]
+    assert dark_scores[BASELINE_SCORE] < thresholds[BASELINE_SCORE]["error"]
+
+
+def _first_image(root: str) -> str:
+    import glob
+
+    return sorted(glob.glob(f"{root}/leftImg8bit/val/*/*.png"))[0]
+
+
+def test_calibration_refuses_too_few_frames(calibrated, tmp_path, synth_root, capsys):
+    plain, _ = calibrated
+    assert cli(["monitor", "calibrate", "--checkpoint", plain, "--data", f"cityscapes:{synth_root}:val"]) == 2
+    assert "at least 20 frames" in capsys.readouterr().err
+    assert read_meta(plain).monitor is None
+
+
+def test_eval_reports_how_the_frame_score_tracks_accuracy(calibrated, calibration_root, synth_root, tmp_path):
+    _, path = calibrated
+    out = tmp_path / "report"
+    assert cli(["eval", "--checkpoint", path, "--out", str(out), "--limit", "6",
+                "--data", f"cityscapes:{calibration_root}:val:source", "--data", f"cityscapes:{synth_root}:val:other"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    monitor = report["monitor"][DEFAULT_SCORE]
+    assert monitor["source"] == "source" and set(monitor["domains"]) == {"source", "other"}
+    assert monitor["all"]["frames"] == 10 and monitor["warn_threshold"] is not None
+    assert 0.0 <= monitor["in_domain_false_alarm_rate"] <= 1.0
+    assert report["monitor_calibration"]["frames"] == 24
+    frames = report["results"]["source"]["frames"]
+    assert len(frames["miou"]) == len(frames[f"score/{DEFAULT_SCORE}"]) == 6
+    markdown = (out / "results.md").read_text()
+    assert f"Monitor score `{DEFAULT_SCORE}`" in markdown and "In-domain false alarms (source)" in markdown
+    for name in (DEFAULT_SCORE, BASELINE_SCORE):
+        assert (out / f"risk_coverage_{name}.png").stat().st_size > 0
+        assert (out / f"score_vs_miou_{name}.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def test_frame_miou_counts_classes_in_ground_truth_or_prediction():
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 0, 1, 2], [0, 0, 1, 2]])
+    # class 0: 4/4; class 1: 2/3 (one gt pixel predicted 2); class 2: 0/1 (predicted, not in gt; the ignored
+    # pixel does not count)
+    assert frame_miou(pred, gt, 19) == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
+def test_failure_metrics_on_known_orderings():
+    scores = np.array([0.9, 0.8, 0.3, 0.1])
+    mious = np.array([0.6, 0.5, 0.2, 0.1])
+    assert spearman(scores, mious) == pytest.approx(1.0)
+    assert failure_auroc(scores, mious < 0.3) == 1.0
+    assert failure_auroc(-scores, mious < 0.3) == 0.0
+    area, excess = aurc(scores, 1 - mious)
+    assert excess == pytest.approx(0.0) and area == pytest.approx(np.mean(np.cumsum(1 - mious) / np.arange(1, 5)))
+    assert aurc(-scores, 1 - mious)[1] > 0
+
+
+def test_monitor_summary_sets_failures_from_the_source_mean():
+    frames = {"source": {"score": [0.0, -0.1, -0.2], "miou": [0.5, 0.4, 0.3]},
+              "fog": {"score": [-2.0, -1.0], "miou": [0.05, 0.32]}}
+    summary = monitor_summary(frames, "source", warn_threshold=-0.15)
+    assert summary["failure_below_miou"] == pytest.approx(0.3)
+    assert summary["domains"]["fog"]["failed"] == 1 and summary["all"]["failed"] == 1
+    assert summary["in_domain_false_alarm_rate"] == pytest.approx(1 / 3)
+    assert summary["targets"]["frames"] == 2 and summary["all"]["frames"] == 5
+
+
+def test_scorer_keeps_frame_scores_aligned_through_merges():
+    gt = np.zeros((4, 4), np.int64)
+    empty = np.zeros((0, 4), np.float32)
+
+    def add(scorer, score):
+        scorer.add(gt.copy(), gt, empty, np.zeros(0), np.zeros(0, np.int64), None, None, 4, 4,
+                   frame_scores=score)
+
+    a, b = Scorer(["road"]), Scorer(["road"])
+    add(a, {"x": -1.0})
+    add(b, {"x": -2.0, "y": 0.5})
+    a.merge(b)
+    frames = a.result()["frames"]
+    assert frames["score/x"] == [-1.0, -2.0] and frames["score/y"] == [None, 0.5] and frames["miou"] == [1.0, 1.0]

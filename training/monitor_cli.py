@@ -1,0 +1,111 @@
+"""Calibrate a checkpoint's domain-shift monitor on a held-out split of its source domain.
+
+``vltseg monitor calibrate --checkpoint model.safetensors --data cityscapes:/data/cityscapes:val`` runs the
+checkpoint on the split (with its own inference protocol), fits the in-domain statistics of every frame score
+(``vltseg_ros.monitor``: the default feature-shift score and the model-free image baseline), sets the alarm
+thresholds so that about 5 % of new in-domain frames raise a warning and 1 % an error, and writes them, the
+in-domain score distribution, the split and the frame count into the checkpoint's metadata (in place, or to
+``--out``). The node and every evaluation read them from there; an uncalibrated checkpoint runs, and its monitor
+reports that it is uncalibrated.
+
+Use frames the model was not trained on (a held-out source split): frames it was fitted to look more in-domain
+than new ones, and the thresholds would raise too many alarms.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import sys
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from vltseg_ros import monitor
+from vltseg_ros.checkpoint import CheckpointError, load_checkpoint, load_extra, save_checkpoint
+from vltseg_ros.precision import PRECISIONS
+from vltseg_ros.predictor import Predictor
+
+from .datasets import DatasetError, build_dataset
+from .evaluate import _parse_data, dataset_inference
+
+MIN_FRAMES = 20
+"""Fewest calibration frames: the 5 % quantile of fewer is the minimum or worse."""
+
+
+def calibrate_predictor(predictor: Predictor, images: Iterable[np.ndarray], source: dict,
+                        warn_rate: float = 0.05, error_rate: float = 0.01) -> dict:
+    """The metadata ``monitor`` section from RGB uint8 in-domain images run through ``predictor``."""
+    descriptors: dict[str, list[np.ndarray]] = {}
+    for image in images:
+        for name, descriptor in predictor.predict([image])[0].frame_descriptors.items():
+            descriptors.setdefault(name, []).append(descriptor)
+    frames = len(next(iter(descriptors.values()), []))
+    if frames < MIN_FRAMES:
+        raise DatasetError(f"monitor calibration needs at least {MIN_FRAMES} frames, got {frames}")
+    stacked = {name: torch.from_numpy(np.stack(values)) for name, values in descriptors.items()}
+    return monitor.calibrate(stacked, source, warn_rate, error_rate)
+
+
+def calibrate_checkpoint(path: str, name: str, root: str, split: str, out: Optional[str] = None,
+                         device: str = "cpu", precision: str = "auto", limit: int = 0, warn_rate: float = 0.05,
+                         error_rate: float = 0.01) -> dict:
+    """Calibrate checkpoint ``path`` on dataset ``name`` at ``root``/``split``; write it to ``out`` (default: in
+    place, atomically). Returns the ``monitor`` section written."""
+    model, meta = load_checkpoint(path)
+    dataset = build_dataset(name, root, split)
+    predictor = Predictor(model, meta, device=device, precision=precision,
+                          inference=dataset_inference(dataset, meta.inference))
+    count = len(dataset) if not limit else min(limit, len(dataset))
+    source = {"dataset": name, "root": os.path.abspath(root), "split": split,
+              "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "inference": dataclasses.asdict(predictor.inference), "precision": predictor.precision}
+    section = calibrate_predictor(predictor, (dataset[i]["image"] for i in range(count)), source, warn_rate,
+                                  error_rate)
+    meta.monitor = section
+    save_checkpoint(out or path, model.cpu(), meta, extra=load_extra(path))
+    return section
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``vltseg monitor`` subcommands."""
+    commands = parser.add_subparsers(dest="monitor_command", required=True)
+    cal = commands.add_parser("calibrate", help="fit the monitor on a held-out source split; store it in the "
+                                                "checkpoint", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    cal.add_argument("--checkpoint", required=True, help="the .safetensors checkpoint")
+    cal.add_argument("--data", required=True, type=_parse_data, metavar="NAME:ROOT[:SPLIT]",
+                     help="a held-out split of the source domain (reader name, root, split; default split val)")
+    cal.add_argument("--out", help="write the calibrated checkpoint here (default: update --checkpoint in place)")
+    cal.add_argument("--limit", type=int, default=0, help="use at most N frames (0 = all)")
+    cal.add_argument("--device", default="cpu")
+    cal.add_argument("--precision", default="auto", choices=PRECISIONS)
+    cal.add_argument("--warn-rate", dest="warn_rate", type=float, default=0.05,
+                     help="share of in-domain frames that raise a warning (default 0.05)")
+    cal.add_argument("--error-rate", dest="error_rate", type=float, default=0.01,
+                     help="share of in-domain frames that raise an error (default 0.01)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``vltseg monitor``."""
+    if not 0 < args.error_rate <= args.warn_rate < 1:
+        print("vltseg monitor: error: need 0 < --error-rate <= --warn-rate < 1", file=sys.stderr)
+        return 2
+    name, root, split, _ = args.data
+    try:
+        section = calibrate_checkpoint(args.checkpoint, name, root, split, args.out, args.device, args.precision,
+                                       args.limit, args.warn_rate, args.error_rate)
+    except (CheckpointError, DatasetError) as exc:
+        print(f"vltseg monitor: error: {exc}", file=sys.stderr)
+        return 2
+    calibration = section["calibration"]
+    print(f"calibrated on {calibration['frames']} frames of {name} {split} ({root}); written to "
+          f"{args.out or args.checkpoint}")
+    for score, entry in section["scores"].items():
+        t = entry["thresholds"]
+        print(f"  {score}: warn below {t['warn']:.4f} ({100 * t['warn_rate']:.0f} % of in-domain frames), error "
+              f"below {t['error']:.4f} ({100 * t['error_rate']:.0f} %); in-domain median "
+              f"{entry['distribution']['quantiles']['p50']:.4f}")
+    return 0
