@@ -322,3 +322,26 @@ class HeldProcess:
 def forbidden_lines(output: str) -> list[str]:
     """The lines of ``output`` holding something from ``CLEAN_EXIT_FORBIDDEN``."""
     return [line for line in output.splitlines() if any(bad in line for bad in CLEAN_EXIT_FORBIDDEN)]
+
+
+def session_processes(pgid: int, settle_s: float = 2.0) -> list[str]:
+    """Command lines of the processes still running in process group ``pgid``, after giving them ``settle_s`` to
+    end (multiprocessing's resource tracker ends when its parent has, a moment later). Zombies are not counted: they
+    ended, and wait for init to reap them once their parent is gone."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == pgid and fields[0] != "Z":
+                    with open(f"/proc/{entry}/cmdline", "rb") as f:
+                        found.append(f"{entry}: " + f.read().replace(b"\0", b" ").decode(errors="replace"))
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)

@@ -5,14 +5,17 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from ros_harness import fresh_domain
+from ros_harness import HOLD_SCRIPT, forbidden_lines, fresh_domain, session_processes, write_tiny_checkpoint
 from vltseg_train import demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,3 +205,117 @@ def test_synth_tiny_config_trains_the_demos_network():
 
     cfg = load_config(str(ROOT / "training" / "configs" / "synth_tiny.yaml"))
     assert cfg.model.overrides == demo.MODEL_OVERRIDES
+
+
+# ------------------------------------------------------------------------------------------------- interrupts
+REPLAY_HELD_AT_PLAYBACK = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from vltseg_train import demo
+
+hold, hold_dir, player, checkpoint, bag, frames, out, domain = sys.argv[1:]
+start = demo.ChildProcesses.start
+
+
+def start_held_player(self, cmd, **kwargs):
+    # the player through the hold script, which marks its first published message
+    if cmd[1:3] == ["-m", "vltseg_ros.node.player"]:
+        cmd = [cmd[0], hold, "player-publish", hold_dir, player, *cmd[3:]]
+    return start(self, cmd, **kwargs)
+
+
+demo.ChildProcesses.start = start_held_player
+children = demo.ChildProcesses()
+
+
+def replay():  # as run_demo runs it: in a thread, stopped from the main thread
+    with ThreadPoolExecutor(max_workers=1) as thread, children.stopped_on_error():
+        return thread.submit(demo._ros_replay, checkpoint, bag, int(frames), out, int(domain), 300.0, "fp32",
+                             children=children).result()
+
+
+code, _ = demo.interruptible(replay)
+sys.exit(0 if code is None else code)
+"""
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"ended (status {proc.returncode}):\n{log.read_text()}"
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def _stopped_and_reaped(proc: subprocess.Popen, log: Path, signum: int, timeout: float) -> str:
+    """The interrupted demo exits with 128 + signum within ``timeout`` s, prints one line instead of a traceback,
+    and nothing it started outlives it (all of it ran in its session)."""
+    started = time.monotonic()
+    try:
+        code = proc.wait(timeout=timeout + 60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    elapsed = time.monotonic() - started
+    out = log.read_text()
+    assert not forbidden_lines(out), out
+    assert code == 128 + signum and elapsed < timeout, f"status {code} after {elapsed:.1f} s:\n{out}"
+    assert f"vltseg demo: {signal.Signals(signum).name}: stopped" in out
+    left = session_processes(proc.pid)
+    assert not left, left  # nothing it started outlived it
+    return out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_ros_replay_stops_and_reaps_its_processes(tmp_path, signum):
+    """SIGINT or SIGTERM to the demo while the bag plays into the node (node, evaluator and player running): each
+    is stopped as Ctrl-C stops it (the evaluator still writes its report) and reaped. The old demo died of SIGTERM
+    at once and left all three running, and on SIGINT it ended in a KeyboardInterrupt traceback."""
+    from vltseg_ros.bag import BagWriter, FrameRecord
+
+    frames = 40  # 20 s of playback at 2 fps: the interrupt comes at its first frame
+    bag = tmp_path / "bag"
+    rng = np.random.default_rng(0)
+    with BagWriter(str(bag), storage="mcap", namespace="/camera") as writer:
+        for i in range(frames):
+            writer.write(FrameRecord(demo.START_NS + i * 500_000_000, "camera_optical_frame",
+                                     rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                                     rng.integers(0, 19, (48, 64), dtype=np.uint8)))
+    checkpoint = write_tiny_checkpoint(str(tmp_path / "tiny.safetensors"), 64, 128)
+    out = tmp_path / "replay"
+    out.mkdir()
+    (tmp_path / "hold").mkdir()
+    hold = tmp_path / "hold.py"
+    hold.write_text(HOLD_SCRIPT)
+    log = tmp_path / "demo.log"
+    player = os.path.join(os.path.dirname(sys.executable), "vltseg_bag_play")
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", REPLAY_HELD_AT_PLAYBACK, str(hold), str(tmp_path / "hold"),
+                                 player, checkpoint, str(bag), str(frames), str(out), str(fresh_domain())],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    _wait_for(tmp_path / "hold" / "player-publish.reached", proc, log)
+    os.kill(proc.pid, signum)
+    _stopped_and_reaped(proc, log, signum, timeout=20.0)
+    logs = {name: (out / f"{name}.log").read_text() for name in ("node", "evaluator", "player")}
+    for name, text in logs.items():
+        assert not forbidden_lines(text), f"{name}.log:\n{text}"
+    assert "frames scored" in logs["evaluator"] and "stopped (SIGINT) after" in logs["player"], logs
+
+
+def test_interrupted_quick_demo_stops_its_background_work(tmp_path):
+    """Ctrl-C while training, with the background renderer and the data loader running: the demo stops them,
+    exits with 130 and one line, no traceback (the old demo printed a KeyboardInterrupt traceback)."""
+    exe = os.path.join(os.path.dirname(sys.executable), "vltseg")
+    log = tmp_path / "demo.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([exe, "demo", "--quick", "--out", str(tmp_path / "demo"), "--domain-id",
+                                 str(fresh_domain())], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + 300
+    while "=== 2/6 training" not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    _stopped_and_reaped(proc, log, signal.SIGINT, timeout=30.0)

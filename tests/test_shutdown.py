@@ -7,6 +7,7 @@ cleaning up; ``vltseg_eval_node`` and ``vltseg_bag_play`` likewise. Each process
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 
@@ -16,7 +17,9 @@ from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from sensor_msgs.msg import Image
 
-from ros_harness import BEST_EFFORT, HeldProcess, RosHarness, forbidden_lines, image_msg, write_tiny_checkpoint
+from ros_harness import (
+    BEST_EFFORT, HeldProcess, RosHarness, forbidden_lines, image_msg, session_processes, write_tiny_checkpoint,
+)
 from vltseg_ros.bag import BagWriter, FrameRecord
 
 SIGNALS = pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -71,8 +74,8 @@ def assert_stopped_cleanly(process: HeldProcess, timeout: float = EXIT_S) -> str
     assert not forbidden_lines(out), out
     assert code == 0, f"status {code}:\n{out}"
     assert elapsed < timeout, f"exited {elapsed:.1f} s after the signal:\n{out}"
-    with pytest.raises(ProcessLookupError):
-        os.killpg(process.proc.pid, 0)  # nothing it started outlived it
+    left = session_processes(process.proc.pid)
+    assert not left, left  # nothing it started outlived it
     return out
 
 
@@ -168,18 +171,21 @@ def test_node_stopped_with_a_frame_in_flight(held, ros, checkpoint, signum, rele
         assert "inference of a frame is still running" in out
 
 
-def _change_state(ros: RosHarness, transition: int) -> None:
-    """Ask the node for a lifecycle transition through its service (as ``ros2 lifecycle set`` does)."""
+def _change_state(ros: RosHarness, transition: int, wait: bool = True) -> None:
+    """Ask the node for a lifecycle transition through its service (as ``ros2 lifecycle set`` does); with
+    ``wait``, until it succeeded (a held transition never answers)."""
     client = ros.probe.create_client(ChangeState, "/vltseg/change_state")
     assert client.wait_for_service(timeout_sec=60)
-    client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+    future = client.call_async(ChangeState.Request(transition=Transition(id=transition)))
+    if wait:
+        assert ros.wait_for(future.done, 60) and future.result().success
 
 
 @SIGNALS
 def test_node_stopped_while_deactivating(held, ros, checkpoint, signum):
     process = held("deactivate", node_cmd(checkpoint))
     assert process.wait_output("]: active: ", 180), process.output()
-    _change_state(ros, Transition.TRANSITION_DEACTIVATE)
+    _change_state(ros, Transition.TRANSITION_DEACTIVATE, wait=False)
     stop_and_release(process, signum)
     assert_stopped_cleanly(process)
 
@@ -189,7 +195,7 @@ def test_node_stopped_while_cleaning_up(held, ros, checkpoint, signum):
     process = held("cleanup", node_cmd(checkpoint))
     assert process.wait_output("]: active: ", 180), process.output()
     _change_state(ros, Transition.TRANSITION_DEACTIVATE)
-    _change_state(ros, Transition.TRANSITION_CLEANUP)  # served after the deactivation: one executor thread
+    _change_state(ros, Transition.TRANSITION_CLEANUP, wait=False)
     stop_and_release(process, signum)
     assert_stopped_cleanly(process)
 
@@ -265,7 +271,7 @@ def test_player_stopped_while_waiting_for_subscribers(held, long_bag, signum):
     process.wait_reached()
     process.send(signum)
     out = assert_stopped_cleanly(process)
-    assert "stopped (" in out and "after 0 messages" in out
+    assert re.search(r"stopped .*after 0 messages", out), out
 
 
 @SIGNALS
@@ -274,7 +280,7 @@ def test_player_stopped_while_playing(held, long_bag, signum):
     process.wait_reached()
     process.send(signum)
     out = assert_stopped_cleanly(process)
-    assert f"stopped ({signal.Signals(signum).name}) after" in out
+    assert re.search(r"stopped .*after \d+ messages", out), out
 
 
 @SIGNALS

@@ -13,6 +13,10 @@
 5. meanwhile, on the other core, scores the checkpoint on every domain (the domain gap); then an offline replay
    of the bag with overlay frames and an MP4;
 6. prints a table and the report folder.
+
+SIGINT or SIGTERM (Ctrl-C, a CI job's timeout) stops the demo at any step: the processes it started (the ROS 2
+replay's node, evaluator and player, the background renderer) are stopped and reaped, and it exits with status
+128 + the signal number (130, 143) and one line instead of a traceback.
 """
 from __future__ import annotations
 
@@ -20,15 +24,18 @@ import argparse
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from statistics import median_high
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import cv2
 import torch
@@ -228,41 +235,183 @@ def _write_replay_bag(data: str, path: str, size: DemoSize) -> int:
     return count
 
 
+# ------------------------------------------------------------------------------------------ process handling
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during the demo, raised in its main thread (a KeyboardInterrupt, so that torch's data
+    loader and ``concurrent.futures`` treat it as one)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_GRACE_S = 10.0
+"""How long a stopped child process (node, evaluator, player) gets to exit after SIGINT before it is killed; they
+exit within about 3 s (the evaluator writes its report first)."""
+
+
+class ChildProcesses:
+    """The processes the ROS 2 replay starts. ``stop()`` asks them to stop as Ctrl-C does (SIGINT: each exits with
+    status 0, the evaluator after writing its report), kills what is left after ``STOP_GRACE_S`` and reaps them all;
+    after ``stop_all()`` nothing more is started."""
+
+    def __init__(self) -> None:
+        self._procs: list[subprocess.Popen] = []
+        self._lock = threading.Lock()
+        self.signum: Optional[int] = None
+
+    def start(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+        """``subprocess.Popen(cmd, **kwargs)``, registered; Interrupted once ``stop_all()`` has run.
+
+        The child starts with SIGINT and SIGTERM blocked (it inherits this thread's signal mask): one sent while
+        it is still starting Python stays pending until the executable has installed its handlers and unblocks
+        them (launch_support.StopSignals), instead of ending it with a KeyboardInterrupt traceback."""
+        with self._lock:  # stop_all() sees every process that was started, or stops this one from starting
+            if self.signum is not None:
+                raise Interrupted(self.signum)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))
+            try:
+                proc = subprocess.Popen(cmd, **kwargs)
+                self._procs.append(proc)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return proc
+
+    def check(self) -> None:
+        """Interrupted if ``stop_all()`` ran: a process that ended because it was stopped did not finish its work."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+    @staticmethod
+    def stop(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+        """SIGINT to each running process, SIGKILL to those still running after ``grace_s``; all reaped."""
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self, signum: int = signal.SIGINT) -> None:
+        """Stop every registered process (see ``stop``) and refuse to start more."""
+        with self._lock:
+            self.signum = signum if self.signum is None else self.signum
+            procs = list(self._procs)
+        self.stop(procs)
+
+    @contextmanager
+    def stopped_on_error(self) -> Iterator[None]:
+        """On any exception from the block (an interrupt, a failed step), ``stop_all()`` before it propagates: the
+        replay thread waits on these processes, and ``ThreadPoolExecutor``'s exit waits for that thread."""
+        try:
+            yield
+        except BaseException as exc:
+            self.stop_all(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+            raise
+
+
+def _background_init(cv2_threads: int) -> None:
+    """Initializer of the background process: Ctrl-C reaches the whole process group, and the demo's main process
+    stops its background work itself (``_terminated_on_error``), so the renderer ignores SIGINT rather than dying
+    with a KeyboardInterrupt traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(cv2_threads)
+
+
+@contextmanager
+def _terminated_on_error(pool: ProcessPoolExecutor) -> Iterator[None]:
+    """On any exception from the block, cancel the pool's queued work and terminate and reap its processes: the
+    pool's own exit would wait for the running job (rendering takes minutes at full size)."""
+    try:
+        yield
+    except BaseException:
+        processes = list(getattr(pool, "_processes", {}).values())  # the pool has no public handle on them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(STOP_GRACE_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        raise
+
+
+def interruptible(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Optional[int], Any]:
+    """``(None, fn(*args, **kwargs))``, or ``(128 + signal number, None)`` when SIGINT or SIGTERM interrupted it.
+
+    The first signal raises Interrupted in the main thread, wherever it is; the code it unwinds stops and reaps
+    the processes it started (``ChildProcesses``, ``_terminated_on_error``). Further signals are ignored so that
+    this clean-up is not cut short. Call from the main thread."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not received:
+            received.append(signum)
+            raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = fn(*args, **kwargs)
+        if not received:
+            return None, result
+        # code that takes a KeyboardInterrupt as "stop early" (a long bag replay) returned instead of raising
+    except Interrupted:
+        if not received:
+            raise
+    finally:
+        if not received:  # after an interrupt the process is about to exit: a second Ctrl-C changes nothing
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+    print(f"\nvltseg demo: {signal.Signals(received[0]).name}: stopped (its processes are stopped and reaped)",
+          file=sys.stderr, flush=True)
+    return 128 + received[0], None
+
+
 def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int, timeout: float,
-                precision: str) -> dict:
-    """Node + evaluator + player in three processes over real DDS; returns the evaluator's summary."""
+                precision: str, children: Optional[ChildProcesses] = None) -> dict:
+    """Node + evaluator + player in three processes over real DDS; returns the evaluator's summary. ``children``
+    registers the processes, so that an interrupt in another thread can stop them (``ChildProcesses.stop_all``)."""
+    children = ChildProcesses() if children is None else children
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), FASTDDS_BUILTIN_TRANSPORTS="LARGE_DATA",
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     bindir = os.path.dirname(sys.executable)
     threshold = str(SCORE_THRESHOLD)
-    node = subprocess.Popen(
-        [os.path.join(bindir, "vltseg_node"), "--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu",
-         "-p", f"score_threshold:={threshold}", "-p", f"precision:={precision}", "-p", "use_sim_time:=true",
-         "-p", "input_qos.reliability:=reliable", "-p", "input_qos.depth:=50", "-p", "frame_queue:=50",
-         "-r", "image:=/camera/image"],
-        env=env, stdout=open(os.path.join(out, "node.log"), "w"), stderr=subprocess.STDOUT)
-    evaluator = subprocess.Popen(
-        [os.path.join(bindir, "vltseg_eval_node"), "--ros-args", "-p", f"output_dir:={out}",
-         "-p", f"expected_frames:={frames}", "-p", "exit_when_done:=true", "-p", f"score_threshold:={threshold}",
-         "-p", "domain_name:=ros2-replay", "-p", "use_sim_time:=true"],
-        env=env, stdout=open(os.path.join(out, "evaluator.log"), "w"), stderr=subprocess.STDOUT)
+    started = []
     try:
-        player = subprocess.run(
+        started.append(children.start(
+            [os.path.join(bindir, "vltseg_node"), "--ros-args", "-p", f"checkpoint:={checkpoint}",
+             "-p", "device:=cpu", "-p", f"score_threshold:={threshold}", "-p", f"precision:={precision}",
+             "-p", "use_sim_time:=true", "-p", "input_qos.reliability:=reliable", "-p", "input_qos.depth:=50",
+             "-p", "frame_queue:=50", "-r", "image:=/camera/image"],
+            env=env, stdout=open(os.path.join(out, "node.log"), "w"), stderr=subprocess.STDOUT))
+        evaluator = children.start(
+            [os.path.join(bindir, "vltseg_eval_node"), "--ros-args", "-p", f"output_dir:={out}",
+             "-p", f"expected_frames:={frames}", "-p", "exit_when_done:=true", "-p", f"score_threshold:={threshold}",
+             "-p", "domain_name:=ros2-replay", "-p", "use_sim_time:=true"],
+            env=env, stdout=open(os.path.join(out, "evaluator.log"), "w"), stderr=subprocess.STDOUT)
+        started.append(evaluator)
+        player_log = os.path.join(out, "player.log")
+        player = children.start(
             # two subscribers on the image topic: the node and the evaluator (which counts input frames)
             [sys.executable, "-m", "vltseg_ros.node.player", bag, "--wait-for-subscribers", "2",
              "--wait-topic", "/camera/image", "--wait-timeout", "120", "--delay", "1.0"],
-            env=env, capture_output=True, text=True, timeout=timeout)
+            env=env, stdout=open(player_log, "w"), stderr=subprocess.STDOUT)
+        started.append(player)
+        player.wait(timeout=timeout)
+        children.check()
         if player.returncode != 0:
-            raise RuntimeError(f"bag player failed: {player.stdout[-2000:]}{player.stderr[-2000:]}")
+            with open(player_log, encoding="utf-8", errors="replace") as f:
+                raise RuntimeError(f"bag player failed: {f.read()[-4000:]}")
         evaluator.wait(timeout=timeout)
+        children.check()
     finally:
-        for proc in (evaluator, node):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        children.stop(started[::-1])  # the player first, the node last
     with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
         return json.load(f)
 
@@ -286,8 +435,8 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
     t = _step("2/6 training VLTSeg+VLTDet (tiny EVA02) on the synthetic source style")
     # One process renders the val splits beside training: training runs on one thread on a busy 2-core machine
     # (see plan_training), so the second core would otherwise idle for the whole training.
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=cv2.setNumThreads,
-                             initargs=(1,)) as background:
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_background_init,
+                             initargs=(1,)) as background, _terminated_on_error(background):
         rendering = background.submit(_timed_result, synth.write_benchmark, data, **benchmark, splits=("val",))
         plan = plan_training(_train_config(data, run_dir, size, min(workers, 1), resolved), size, started)
         if plan["step_s"] is not None:
@@ -328,9 +477,10 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
               "every domain offline beside it")
     online_dir = os.path.join(report, "ros2_replay")
     os.makedirs(online_dir, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=1) as replay_thread:
+    children = ChildProcesses()
+    with ThreadPoolExecutor(max_workers=1) as replay_thread, children.stopped_on_error():
         replay = replay_thread.submit(_timed_result, _ros_replay, checkpoint, bag, frames, online_dir, domain_id,
-                                      timeout=max(300.0, frames * 10.0), precision=resolved)
+                                      timeout=max(300.0, frames * 10.0), precision=resolved, children=children)
         model, meta = load_checkpoint(checkpoint)
         domains = {}
         for spec in cfg.data.val:
@@ -403,9 +553,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``vltseg demo``."""
-    result = run_demo(args.out, QUICK if args.quick else FULL, workers=args.workers, domain_id=args.domain_id,
-                      precision=args.precision)
+    """Entry point of ``vltseg demo``: 0, or 128 + the signal number after SIGINT/SIGTERM (see ``interruptible``)."""
+    code, result = interruptible(run_demo, args.out, QUICK if args.quick else FULL, workers=args.workers,
+                                 domain_id=args.domain_id, precision=args.precision)
+    if code is not None:
+        return code
     print_summary(result)
     return 0
 

@@ -303,6 +303,9 @@ class StopSignals:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in self.SIGNALS:
             signal.signal(signum, self._handle)
+        # A parent may start the process with these signals blocked (the demo does), so that one sent before this
+        # point waits instead of ending it with a traceback: it is delivered now, to the handler.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
         return self
 
     def install_for(self, executable: str, module_name: str) -> "StopSignals":
