@@ -49,6 +49,8 @@ ARGUMENTS = {
 }
 
 NODE_NAME = "vltseg"
+EVALUATOR_STOP_S = "30"
+"""Seconds the evaluator gets after SIGINT to write its report before launch sends SIGTERM."""
 # What score_every_frame sets, unless given explicitly.
 SCORE_EVERY_FRAME = {"frame_queue": "50", "input_qos.reliability": "reliable", "input_qos.depth": "50"}
 
@@ -83,6 +85,9 @@ def _actions(context):
         }],
         output="screen",
         emulate_tty=True,
+        # On SIGINT (the launch stopping) the evaluator writes its report and plots, which takes seconds on a busy
+        # machine; it exits 0 by itself, so give it that time before escalating (default 5 s, SIGKILL 5 s later).
+        sigterm_timeout=EVALUATOR_STOP_S,
     )
     node = IncludeLaunchDescription(PythonLaunchDescriptionSource(os.path.join(SHARE, "launch", "vltseg.launch.py")),
                                     launch_arguments=node_args.items())

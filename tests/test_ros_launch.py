@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,9 +17,9 @@ from sensor_msgs.msg import Image
 
 from ros_cli import (
     HUMBLE_BIN, ROOT, VENV_BIN, Launch, base_env, check_multi_camera_launch, check_replay_launch, colcon_build,
-    echo_once, launch_checkpoint, require_kit, ros2, run, sourced_env, workspace,
+    echo_once, launch_checkpoint, require_kit, ros2, run, sourced_env, workspace, write_replay_bag,
 )
-from ros_harness import RosHarness, image_msg
+from ros_harness import HOLD_SCRIPT, RosHarness, forbidden_lines, image_msg
 
 __all__ = ["launch_checkpoint", "workspace"]  # session fixtures of ros_cli
 
@@ -123,6 +125,75 @@ def test_launch_file_runs_under_launch_testing(workspace, launch_checkpoint, tmp
     assert proc.returncode == 0, out
     assert "test_an_image_gives_a_label_mask" in out and "Ran 2 tests" in out and "OK" in out, out
     assert "Ran 1 test" in out  # the post-shutdown exit-code check
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C to launch
+def _held_launch(tmp_path, point: str, args: list[str], env: dict[str, str]) -> tuple[Launch, object]:
+    """``ros2 launch ARGS`` with every process it starts held at ``point`` (tests/ros_harness.py HOLD_SCRIPT, as
+    ``--launch-prefix``); the launch and the hold folder."""
+    hold, hold_dir = tmp_path / "hold.py", tmp_path / "hold"
+    hold.write_text(HOLD_SCRIPT)
+    hold_dir.mkdir()
+    launch = Launch(["--launch-prefix", f"{sys.executable} {hold} {point} {hold_dir}", *args], env,
+                    tmp_path / "launch.log")
+    return launch, hold_dir
+
+
+def _wait_reached(launch: Launch, path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert launch.proc.poll() is None and time.monotonic() < deadline, launch.output()
+        time.sleep(0.05)
+
+
+def _ctrl_c(launch: Launch, limit_s: float = 20.0) -> str:
+    """SIGINT to ``ros2 launch`` (``kill -INT``): it exits with status 0 within ``limit_s``, every process it
+    started finished cleanly inside launch's 5 s before SIGTERM, and nothing printed a traceback or FATAL line."""
+    started = time.monotonic()
+    code = launch.stop()
+    elapsed = time.monotonic() - started
+    out = launch.log.read_text()
+    assert not forbidden_lines(out), out
+    assert code == 0 and elapsed < limit_s, f"status {code} after {elapsed:.1f} s:\n{out}"
+    assert "process has died" not in out and "process has finished cleanly" in out, out
+    return out
+
+
+def test_ctrl_c_to_launch_while_the_node_warms_up_forever(workspace, launch_checkpoint, tmp_path):
+    """The node's warm-up never ends (a compile, in native code): launch's SIGINT still ends it in time (the old
+    node ignored it until SIGTERM and SIGKILL)."""
+    env = sourced_env(workspace, base_env(log_dir=tmp_path))
+    launch, hold_dir = _held_launch(tmp_path, "warm-up", ["vltseg_ros", "vltseg.launch.py",
+                                                          f"checkpoint:={launch_checkpoint}", "device:=cpu"], env)
+    _wait_reached(launch, hold_dir / "warm-up.reached")
+    _ctrl_c(launch)
+
+
+def test_ctrl_c_to_launch_as_the_node_activates(workspace, launch_checkpoint, tmp_path):
+    """Ctrl-C just as activate ends (after "active:"): the old node failed the transition and exited with 1."""
+    env = sourced_env(workspace, base_env(log_dir=tmp_path))
+    launch, hold_dir = _held_launch(tmp_path, "activate", ["vltseg_ros", "vltseg.launch.py",
+                                                           f"checkpoint:={launch_checkpoint}", "device:=cpu"], env)
+    _wait_reached(launch, hold_dir / "activate.reached")
+    launch.proc.send_signal(signal.SIGINT)
+    launch.wait_for_output("SIGINT: shutting down", timeout=30)
+    (hold_dir / "activate.release").touch()
+    _ctrl_c(launch)
+
+
+def test_ctrl_c_to_the_replay_launch_while_it_plays(workspace, launch_checkpoint, tmp_path):
+    """replay.launch.py stopped while the bag plays: player, node and evaluator stop cleanly, and the evaluator
+    writes its report of the frames scored so far."""
+    env = sourced_env(workspace, base_env(log_dir=tmp_path))
+    bag = write_replay_bag(tmp_path / "bag", frames=60)  # 6 s at 10 fps
+    report = tmp_path / "report"
+    launch, hold_dir = _held_launch(tmp_path, "player-publish", [
+        "vltseg_ros", "replay.launch.py", f"bag:={bag}", f"checkpoint:={launch_checkpoint}", "device:=cpu",
+        f"output_dir:={report}", "rate:=0.2"], env)  # 30 s of playback
+    _wait_reached(launch, hold_dir / "player-publish.reached")
+    out = _ctrl_c(launch)
+    assert out.count("process has finished cleanly") == 3, out
+    assert "online: " in out and " frames scored (" in out, out  # the evaluator's last step: its summary
 
 
 # --------------------------------------------------------------------------------------------- Humble's launch
