@@ -5,10 +5,24 @@ arguments, the inputs' remappings, the RViz config for the launched topics, whet
 from __future__ import annotations
 
 import os
-import re
-import select
 import signal
 import sys
+
+# The executables import this module before anything else. Until StopSignals is installed, just record a SIGINT or
+# SIGTERM: Python's default handlers would end a start-up interrupted here with a KeyboardInterrupt traceback (or
+# kill it, for SIGTERM). Set first, before this module's own imports: every millisecond of a busy machine's
+# start-up counts. StopSignals.install() takes over what was recorded.
+EXECUTABLES = ("vltseg_node", "vltseg_eval_node", "vltseg_bag_play")
+_early_signals: list[int] = []
+if os.path.basename(sys.argv[0]) in EXECUTABLES:
+    try:
+        for _signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(_signum, lambda signum, frame: _early_signals.append(signum))
+    except ValueError:  # not the main thread: the host program's business
+        pass
+
+import re
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -303,6 +317,8 @@ class StopSignals:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for signum in self.SIGNALS:
             signal.signal(signum, self._handle)
+        if _early_signals:  # received while importing, before these handlers
+            self.request(_early_signals[0])
         # A parent may start the process with these signals blocked (the demo does), so that one sent before this
         # point waits instead of ending it with a traceback: it is delivered now, to the handler.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
