@@ -151,3 +151,111 @@ def test_scorer_keeps_frame_scores_aligned_through_merges():
     a.merge(b)
     frames = a.result()["frames"]
     assert frames["score/x"] == [-1.0, -2.0] and frames["score/y"] == [None, 0.5] and frames["miou"] == [1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------------------ the node
+def _node(ros, checkpoint: str, **params):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from vltseg_ros.node.node import VLTSegNode
+
+    overrides = [Parameter("checkpoint", value=checkpoint), Parameter("device", value="cpu")]
+    overrides += [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
+    node = VLTSegNode(context=ros.context, parameter_overrides=overrides)
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    ros.add_node(node)
+    return node
+
+
+@pytest.fixture
+def ros():
+    from ros_harness import RosHarness
+
+    harness = RosHarness()
+    yield harness
+    harness.close()
+
+
+def _monitor_status(diags, topic: str):
+    """The newest domain-monitor status of the camera input ``topic``, with its values, or None."""
+    for array_ in reversed(list(diags)):
+        for status in array_.status:
+            if status.name.endswith(f"domain monitor {topic}"):
+                return status, {kv.key: kv.value for kv in status.values}
+    return None
+
+
+def test_the_node_publishes_frame_scores_and_turns_warn_out_of_domain_per_camera(ros, calibrated,
+                                                                                calibration_root):
+    """Two cameras: one sees in-domain frames (OK), the other the same scenes at night (WARN or worse); every
+    frame's score comes out with its input's header."""
+    import cv2
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Classification
+
+    from ros_harness import image_msg
+
+    _, path = calibrated
+    image = cv2.cvtColor(cv2.imread(_first_image(calibration_root)), cv2.COLOR_BGR2RGB)
+    dark = (image * 0.15).astype(np.uint8)
+    node = _node(ros, path, cameras=["day", "night"], diagnostics_period_s=0.2)
+    try:
+        diags = ros.record(DiagnosticArray, "/diagnostics")
+        day = ros.record(Classification, "/vltseg/day/frame_score")
+        night = ros.record(Classification, "/vltseg/night/frame_score")
+        pubs = {"day": ros.publisher(Image, "/day/image"), "night": ros.publisher(Image, "/night/image")}
+        for pub in pubs.values():
+            ros.wait_matched(pub)
+
+        def send(i):
+            pubs["night"].publish(image_msg(dark, "rgb8", 10**9 + i, "night_cam"))
+            return image_msg(image, "rgb8", 10**9 + i, "day_cam")
+
+        def judged():
+            d, n = _monitor_status(diags, "day/image"), _monitor_status(diags, "night/image")
+            return d and n and int(d[1]["frames in window"]) >= 3 and int(n[1]["frames in window"]) >= 3 and (d, n)
+
+        assert ros.publish_until(pubs["day"], send, judged, 120.0)
+        (day_status, day_values), (night_status, night_values) = judged()
+        ok, warn = int.from_bytes(DiagnosticStatus.OK, "big"), int.from_bytes(DiagnosticStatus.WARN, "big")
+        assert int.from_bytes(day_status.level, "big") == ok and day_status.message == "in domain"
+        assert int.from_bytes(night_status.level, "big") >= warn and "out of domain" in night_status.message
+        assert day_values["calibrated"] == "true" and "warn threshold" in night_values
+        assert night_values["calibration"] == "24 frames of cityscapes val"
+        assert ros.wait_for(lambda: day and night)
+        assert day[0].header.frame_id == "day_cam" and night[0].header.frame_id == "night_cam"
+        assert day[0].results[0].class_id == "in_domain"
+        assert night[0].results[0].class_id in ("out_of_domain", "far_out_of_domain")
+        assert [h.class_id for h in day[0].results[1:]] == [DEFAULT_SCORE, BASELINE_SCORE]
+        assert day[0].results[0].score == day[0].results[1].score > night[0].results[0].score
+    finally:
+        node.trigger_shutdown()
+        node.destroy_node()
+
+
+def test_an_uncalibrated_node_says_so(ros, calibrated):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Classification
+
+    from ros_harness import image_msg
+
+    plain, _ = calibrated
+    node = _node(ros, plain, diagnostics_period_s=0.2)
+    try:
+        diags = ros.record(DiagnosticArray, "/diagnostics")
+        scores = ros.record(Classification, "/vltseg/frame_score")
+        pub = ros.publisher(Image, "/image")
+        ros.wait_matched(pub)
+        frame = np.full((64, 128, 3), 90, np.uint8)
+        assert ros.publish_until(pub, lambda i: image_msg(frame, "rgb8", 10**9 + i), lambda: scores, 60.0)
+        assert [h.class_id for h in scores[0].results] == ["uncalibrated"] and np.isnan(scores[0].results[0].score)
+        assert ros.wait_for(lambda: _monitor_status(diags, "image"))
+        status, values = _monitor_status(diags, "image")
+        assert status.message.startswith("uncalibrated") and values["calibrated"] == "false"
+    finally:
+        node.trigger_shutdown()
+        node.destroy_node()

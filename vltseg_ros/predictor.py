@@ -197,6 +197,11 @@ class Predictor:
         return self._monitor is not None
 
     @property
+    def monitor_default(self) -> str:
+        """Name of the frame score the monitor decides on (``vltseg_ros.monitor.DEFAULT_SCORE``)."""
+        return monitor.DEFAULT_SCORE
+
+    @property
     def monitor_thresholds(self) -> dict[str, dict[str, float]]:
         """Calibrated alarm thresholds (``warn``, ``error``) by frame-score name; empty when uncalibrated."""
         return {name: dict(entry["thresholds"]) for name, entry in (self._monitor or {}).items()}

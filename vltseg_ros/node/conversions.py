@@ -15,7 +15,7 @@ from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import ColorRGBA
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Classification, Detection2DArray, LabelInfo, ObjectHypothesis
 from visualization_msgs.msg import Marker, MarkerArray
 
 from .. import codec
@@ -59,6 +59,9 @@ class Rendering:
     class_names: Sequence[str]
     palette_lut: np.ndarray
     overlay_alpha: float
+    # The domain-shift monitor: the default frame score's name and its calibrated thresholds (None = uncalibrated).
+    monitor_score: str = ""
+    monitor_thresholds: Optional[dict[str, float]] = None
 
 
 @dataclass
@@ -74,6 +77,7 @@ class FrameResult:
     class_ids: np.ndarray  # N int
     scores: np.ndarray  # N float32
     camera_info: Optional[CameraInfo] = None
+    frame_scores: Optional[dict[str, float]] = None  # the monitor's, by name; empty when uncalibrated
 
 
 def label_info_msg(class_names: Sequence[str], threshold: float, header) -> LabelInfo:
@@ -94,6 +98,29 @@ def colored_mask_msg(result: FrameResult, rendering: Rendering) -> Image:
 def confidence_msg(result: FrameResult, rendering: Rendering) -> Image:
     """32FC1 winner scores."""
     return numpy_to_image(result.confidence, "32FC1", result.header)
+
+
+def domain_decision(score: Optional[float], thresholds: Optional[dict[str, float]]) -> str:
+    """``in_domain``, ``out_of_domain`` (below the warning threshold), ``far_out_of_domain`` (below the error
+    threshold) or ``uncalibrated``: the monitor's judgement of one frame."""
+    if thresholds is None or score is None:
+        return "uncalibrated"
+    if score < thresholds["error"]:
+        return "far_out_of_domain"
+    return "out_of_domain" if score < thresholds["warn"] else "in_domain"
+
+
+def frame_score_msg(result: FrameResult, rendering: Rendering) -> Classification:
+    """vision_msgs/Classification with the input's header: ``results[0]`` is the monitor's decision
+    (``domain_decision``) with the default frame score (NaN when uncalibrated); then one hypothesis per frame score,
+    ``class_id`` = its name (the default first, then the model-free baseline)."""
+    scores = result.frame_scores or {}
+    default = scores.get(rendering.monitor_score)
+    decision = domain_decision(default, rendering.monitor_thresholds)
+    results = [ObjectHypothesis(class_id=decision, score=float("nan") if default is None else float(default))]
+    ordered = sorted(scores.items(), key=lambda kv: kv[0] != rendering.monitor_score)
+    results += [ObjectHypothesis(class_id=name, score=float(value)) for name, value in ordered]
+    return Classification(header=result.header, results=results)
 
 
 def overlay_msg(result: FrameResult, rendering: Rendering) -> Image:

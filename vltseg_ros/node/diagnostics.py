@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 OK, WARN, ERROR = (int.from_bytes(level, "big") for level in (DiagnosticStatus.OK, DiagnosticStatus.WARN,
@@ -23,6 +24,42 @@ def status(name: str, hardware_id: str, checks: list[tuple[int, str]], values: d
     message = "; ".join(text for _, text in failed) if failed else checks[0][1]
     return DiagnosticStatus(level=bytes([level]), name=name, message=message, hardware_id=hardware_id,
                             values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+def monitor_checks(scores: list[float], thresholds: Optional[dict[str, float]],
+                   window_s: float) -> list[tuple[int, str]]:
+    """The domain-shift monitor's level over the window: the median frame score against the calibrated thresholds
+    (a single odd frame does not raise it; a stretch of fog does)."""
+    if thresholds is None:
+        return [(OK, "uncalibrated: the checkpoint holds no in-domain statistics (vltseg monitor calibrate)")]
+    if not scores:
+        return [(OK, f"no frames in the last {window_s:g} s")]
+    median = float(np.median(scores))
+    if median < thresholds["error"]:
+        return [(OK, "in domain"), (ERROR, f"far out of domain: median frame score {median:.3f} < error threshold "
+                                           f"{thresholds['error']:.3f} over {len(scores)} frames")]
+    if median < thresholds["warn"]:
+        return [(OK, "in domain"), (WARN, f"out of domain: median frame score {median:.3f} < warning threshold "
+                                          f"{thresholds['warn']:.3f} over {len(scores)} frames")]
+    return [(OK, "in domain")]
+
+
+def monitor_values(scores: list[float], thresholds: Optional[dict[str, float]], score_name: str,
+                   calibration: Optional[dict]) -> dict[str, str]:
+    """Key/values of one camera's monitor status: the window's scores and the thresholds they are judged by."""
+    values = {"score": score_name, "calibrated": str(thresholds is not None).lower(),
+              "frames in window": str(len(scores))}
+    if scores:
+        values.update({"median score": f"{np.median(scores):.4f}", "min score": f"{min(scores):.4f}",
+                       "last score": f"{scores[-1]:.4f}"})
+    if thresholds is not None:
+        values.update({"warn threshold": f"{thresholds['warn']:.4f}", "error threshold": f"{thresholds['error']:.4f}"})
+        if scores:
+            values["fraction below warn"] = f"{np.mean(np.array(scores) < thresholds['warn']):.2f}"
+    if calibration:
+        values["calibration"] = (f"{calibration.get('frames')} frames of {calibration.get('dataset')} "
+                                 f"{calibration.get('split')}")
+    return values
 
 
 def inference_checks(recent: dict[str, int], window_s: float, last_error: Optional[str]) -> list[tuple[int, str]]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from sensor_msgs.msg import Image
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Classification, Detection2DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 from . import conversions as conv
@@ -54,6 +54,11 @@ OUTPUTS: tuple[Output, ...] = (
            needs="det"),
     Output("detection_markers", MarkerArray, "the boxes as RViz line strips and labels, 1 m in front of the camera "
                                              "in the image's frame", conv.detection_markers_msg, needs="det"),
-    Output("confidence", Image, "32FC1 score of the winning class, 0..1", conv.confidence_msg, needs="seg",
-           default=False),
+    Output("confidence", Image, "32FC1 score of the winning class, 0..1 (computed only while subscribed)",
+           conv.confidence_msg, needs="seg"),
+    Output("frame_score", Classification, "the domain-shift monitor, per frame with the input's header: "
+                                          "`results[0]` = decision (`in_domain`, `out_of_domain`, "
+                                          "`far_out_of_domain`, `uncalibrated`) with the frame score (higher = "
+                                          "more trustworthy), then each frame score by name",
+           conv.frame_score_msg, needs="seg"),
 )

@@ -9,6 +9,31 @@ from typing import Callable, Iterable
 import numpy as np
 
 
+class ValueWindow:
+    """Values observed over a sliding time window (seconds of the caller's clock), e.g. recent frame scores."""
+
+    def __init__(self, window_s: float = 5.0):
+        self.window_s = window_s
+        self._items: collections.deque[tuple[float, float]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def add(self, now: float, value: float) -> None:
+        """Record ``value`` at ``now``."""
+        with self._lock:
+            self._items.append((now, value))
+            self._trim(now)
+
+    def values(self, now: float) -> list[float]:
+        """The values of the window ending at ``now``, oldest first."""
+        with self._lock:
+            self._trim(now)
+            return [v for _, v in self._items]
+
+    def _trim(self, now: float) -> None:
+        while self._items and now - self._items[0][0] > self.window_s:
+            self._items.popleft()
+
+
 class RateWindow:
     """Events per second over a sliding time window (seconds of the caller's clock)."""
 
