@@ -107,6 +107,41 @@ def test_eval_reports_how_the_frame_score_tracks_accuracy(calibrated, calibratio
         assert (out / f"score_vs_miou_{name}.png").stat().st_size > 0
 
 
+def test_bag_eval_reports_the_monitor_against_the_calibration_split(calibrated, synth_root, tmp_path):
+    """A bag of one domain holds no source frames: failures are counted against the calibration split's mean frame
+    mIoU, which calibration stored; every frames.jsonl line carries the frame's scores."""
+    _, path = calibrated
+    calibration = read_meta(path).monitor["calibration"]
+    assert 0.0 <= calibration["mean_frame_miou"] <= 1.0
+    bag, out = tmp_path / "bag", tmp_path / "report"
+    assert cli(["bag", "make", "--dataset", f"cityscapes:{synth_root}:val", "--out", str(bag)]) == 0
+    assert cli(["bag", "eval", "--bag", str(bag), "--checkpoint", path, "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "results.json").read_text())["monitor"][DEFAULT_SCORE]
+    assert summary["source"] is None
+    assert summary["failure_below_miou"] == pytest.approx(calibration["mean_frame_miou"] - 0.10)
+    lines = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and all(set(line["frame_scores"]) == {DEFAULT_SCORE, BASELINE_SCORE} for line in lines)
+
+
+def test_replay_overlays_draw_boxes_at_the_display_threshold(monkeypatch, tmp_path):
+    """Overlays are for people: boxes under the node's display threshold (0.3) are not drawn, although AP is
+    scored from 0.05."""
+    from types import SimpleNamespace
+
+    from vltseg_ros.prediction import Prediction
+    from vltseg_train import bag_cli
+
+    drawn = []
+    monkeypatch.setattr(bag_cli, "draw_overlay", lambda image, fmt, labels, lut, boxes, *rest: drawn.append(boxes)
+                        or image)
+    predictor = SimpleNamespace(palette=np.zeros((19, 3), np.uint8), class_names=["road"] * 19)
+    writer = bag_cli._OverlayWriter(str(tmp_path), 1, False, 10.0, predictor)
+    boxes = np.array([[0, 0, 4, 4], [1, 1, 5, 5]], np.float32)
+    result = Prediction(None, None, boxes, np.array([13, 13]), np.array([0.06, 0.5], np.float32))
+    writer.add(0, SimpleNamespace(image=np.zeros((8, 8, 3), np.uint8), stamp_ns=1), result)
+    assert len(drawn) == 1 and drawn[0].tolist() == [[1, 1, 5, 5]]
+
+
 # ----------------------------------------------------------------------------------------------------- metrics
 def test_frame_miou_counts_classes_in_ground_truth_or_prediction():
     gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])

@@ -38,8 +38,8 @@ from vltseg_ros.evaluation import evaluate, scorer_for
 from vltseg_ros.metrics import SegmentationEvaluator
 from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Prediction, Predictor
-from vltseg_ros.report import markdown_table, percent, write_report
-from vltseg_ros.visualize import draw_overlay, palette_lut
+from vltseg_ros.report import markdown_table, monitor_report_settings, percent, write_report
+from vltseg_ros.visualize import DISPLAY_SCORE_THRESHOLD, draw_overlay, palette_lut
 
 from .datasets import DATASETS, DatasetError, build_dataset
 
@@ -251,6 +251,9 @@ def _add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--score-threshold", dest="score_threshold", type=float, default=0.05,
                         help="drop predicted boxes below this score before scoring")
     parser.add_argument("--overlays", type=int, default=0, help="write the first N overlay frames as PNGs")
+    parser.add_argument("--overlay-threshold", dest="overlay_threshold", type=float, default=DISPLAY_SCORE_THRESHOLD,
+                        help=f"overlays draw boxes of at least this score (default {DISPLAY_SCORE_THRESHOLD}, the node's "
+                             "display threshold; scoring uses --score-threshold)")
     parser.add_argument("--mp4", action="store_true", help="write overlays.mp4 of every frame")
 
 
@@ -279,7 +282,9 @@ def _finite(value: float) -> Optional[float]:
 class _OverlayWriter:
     """Overlay PNGs of the first frames and an MP4 of all frames, as asked."""
 
-    def __init__(self, out_dir: str, pngs: int, mp4: bool, fps: float, predictor: Predictor):
+    def __init__(self, out_dir: str, pngs: int, mp4: bool, fps: float, predictor: Predictor,
+                 threshold: float = DISPLAY_SCORE_THRESHOLD):
+        self.threshold = threshold  # boxes drawn; the AP threshold (0.05) would clutter the frames
         self.dir = os.path.join(out_dir, "overlays")
         self.pngs = pngs
         self.mp4_path = os.path.join(out_dir, "overlays.mp4") if mp4 else None
@@ -295,9 +300,10 @@ class _OverlayWriter:
         """Render the frame's overlay where a PNG or the MP4 wants it."""
         if index >= self.pngs and self.mp4_path is None:
             return
-        bgr = cv2.cvtColor(draw_overlay(frame.image, "RGB", result.label_map, self.lut, result.boxes,
-                                        result.box_class_ids, result.box_scores, self.predictor.class_names),
-                           cv2.COLOR_RGB2BGR)
+        shown = result.box_scores >= self.threshold
+        bgr = cv2.cvtColor(draw_overlay(frame.image, "RGB", result.label_map, self.lut, result.boxes[shown],
+                                        result.box_class_ids[shown], result.box_scores[shown],
+                                        self.predictor.class_names), cv2.COLOR_RGB2BGR)
         if index < self.pngs:
             cv2.imwrite(os.path.join(self.dir, f"overlay_{index:06d}_{frame.stamp_ns}.png"), bgr)
         if self.mp4_path is not None:
@@ -318,7 +324,7 @@ class _OverlayWriter:
 def _frame_line(frame: FrameRecord, result: Prediction, latency_s: float, frame_seg: SegmentationEvaluator) -> dict:
     """One frames.jsonl record: stamp, latency, box counts and, with a ground-truth label, the frame's own scores."""
     line = {"stamp_ns": frame.stamp_ns, "latency_ms": 1000 * latency_s, "pred_boxes": len(result.boxes),
-            "gt_boxes": None if frame.boxes is None else len(frame.boxes)}
+            "gt_boxes": None if frame.boxes is None else len(frame.boxes), "frame_scores": result.frame_scores}
     if result.label_map is not None and frame.label is not None:
         frame_seg.reset()
         frame_seg.process(result.label_map, frame.label)
@@ -338,14 +344,15 @@ class BagEvaluation(NamedTuple):
 
 
 def evaluate_bag(bag: str, predictor: Predictor, out: str, namespace: Optional[str] = None, overlays: int = 0,
-                 mp4: bool = False, header: Optional[dict] = None) -> BagEvaluation:
+                 mp4: bool = False, header: Optional[dict] = None,
+                 overlay_threshold: float = DISPLAY_SCORE_THRESHOLD) -> BagEvaluation:
     """Stream a bag's camera through the predictor and score it against the bag's ground truth (the shared
     ``vltseg_ros.evaluation.evaluate`` loop): frames.jsonl (written as frames are scored), results.json/.md, plots,
     and optionally overlay PNGs of the first ``overlays`` frames and an MP4. A damaged bag or Ctrl-C ends the replay
     with a report of the frames read so far (``error`` says why)."""
     camera, fps = _camera_rate(bag, namespace)
     os.makedirs(out, exist_ok=True)
-    overlay_writer = _OverlayWriter(out, overlays, mp4, fps, predictor)
+    overlay_writer = _OverlayWriter(out, overlays, mp4, fps, predictor, overlay_threshold)
     frame_seg = SegmentationEvaluator(predictor.meta.model.classes)
     from tqdm import tqdm
 
@@ -380,7 +387,9 @@ def evaluate_bag(bag: str, predictor: Predictor, out: str, namespace: Optional[s
               "score_threshold": predictor.score_threshold, "complete": error is None, "error": error,
               "timing": "latency_ms: predictor wall time per frame; frames_per_s: frames / wall time of the replay "
                         "(bag read, decode, inference, scoring)"}
-    paths = write_report(results, out, predictor.meta.model.classes, header)
+    header["monitor_calibration"] = (predictor.meta.monitor or {}).get("calibration")
+    paths = write_report(results, out, predictor.meta.model.classes, header,
+                         **monitor_report_settings(predictor.meta.monitor))
     return BagEvaluation(results, [os.path.join(out, "frames.jsonl"), *paths.values()], scorer.images, error)
 
 
@@ -388,7 +397,7 @@ def _eval(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, precision=args.precision,
                                           score_threshold=args.score_threshold)
     evaluation = evaluate_bag(args.bag, predictor, args.out, args.namespace, args.overlays, args.mp4,
-                              header={"checkpoint": args.checkpoint})
+                              header={"checkpoint": args.checkpoint}, overlay_threshold=args.overlay_threshold)
     if not evaluation.frames:
         return _error(evaluation.error)
     domain = next(iter(evaluation.results))

@@ -29,7 +29,7 @@ from vltseg_ros.config import (
 from vltseg_ros.evaluation import dataset_frame, evaluate
 from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Predictor
-from vltseg_ros.report import markdown_table, percent, write_report
+from vltseg_ros.report import markdown_table, monitor_report_settings, percent, write_report
 
 from .datasets import DatasetError, build_dataset
 from .distributed import Dist, gather, torchrun_main
@@ -163,11 +163,9 @@ def run(args: argparse.Namespace) -> int:
             header = {"checkpoint": path, "checkpoint_description": described,
                       "selection": meta.provenance.get("selection"), "precision": args.precision,
                       "tta": dataclasses.asdict(tta) if tta else None, "processes": dist.world}
-            thresholds = {name: entry["thresholds"]["warn"] for name, entry in (meta.monitor or {}).get(
-                "scores", {}).items()}
             header["monitor_calibration"] = (meta.monitor or {}).get("calibration")
             paths = write_report(results, args.out, meta.model.classes, header, monitor_source=args.source,
-                                 monitor_thresholds=thresholds)
+                                 **monitor_report_settings(meta.monitor))
             print(f"checkpoint: {described}")
             print(markdown_table(results, meta.model.classes).split("\n\n")[0])
             print(f"report: {os.path.abspath(args.out)} ({', '.join(os.path.basename(p) for p in paths.values())})")

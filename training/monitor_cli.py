@@ -25,6 +25,7 @@ import torch
 
 from vltseg_ros import monitor
 from vltseg_ros.checkpoint import CheckpointError, load_checkpoint, load_extra, save_checkpoint
+from vltseg_ros.metrics import frame_miou
 from vltseg_ros.precision import PRECISIONS
 from vltseg_ros.predictor import Predictor
 
@@ -35,17 +36,25 @@ MIN_FRAMES = 20
 """Fewest calibration frames: the 5 % quantile of fewer is the minimum or worse."""
 
 
-def calibrate_predictor(predictor: Predictor, images: Iterable[np.ndarray], source: dict,
-                        warn_rate: float = 0.05, error_rate: float = 0.01) -> dict:
-    """The metadata ``monitor`` section from RGB uint8 in-domain images run through ``predictor``."""
+def calibrate_predictor(predictor: Predictor, frames: Iterable[tuple[np.ndarray, Optional[np.ndarray]]],
+                        source: dict, warn_rate: float = 0.05, error_rate: float = 0.01) -> dict:
+    """The metadata ``monitor`` section from in-domain (RGB uint8 image, trainId label or None) frames run through
+    ``predictor``. With labels it also records their mean frame mIoU: the failure reference of evaluations that
+    hold no source domain (a frame fails 10 points below it)."""
     descriptors: dict[str, list[np.ndarray]] = {}
-    for image in images:
-        for name, descriptor in predictor.predict([image])[0].frame_descriptors.items():
+    mious: list[float] = []
+    for image, label in frames:
+        result = predictor.predict([image])[0]
+        for name, descriptor in result.frame_descriptors.items():
             descriptors.setdefault(name, []).append(descriptor)
+        if label is not None and result.label_map is not None:
+            mious.append(frame_miou(result.label_map, label, len(predictor.meta.model.classes)))
     frames = len(next(iter(descriptors.values()), []))
     if frames < MIN_FRAMES:
         raise DatasetError(f"monitor calibration needs at least {MIN_FRAMES} frames, got {frames}")
     stacked = {name: torch.from_numpy(np.stack(values)) for name, values in descriptors.items()}
+    mious = [m for m in mious if np.isfinite(m)]
+    source = {**source, "mean_frame_miou": float(np.mean(mious)) if mious else None}
     return monitor.calibrate(stacked, source, warn_rate, error_rate)
 
 
@@ -62,7 +71,8 @@ def calibrate_checkpoint(path: str, name: str, root: str, split: str, out: Optio
     source = {"dataset": name, "root": os.path.abspath(root), "split": split,
               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "inference": dataclasses.asdict(predictor.inference), "precision": predictor.precision}
-    section = calibrate_predictor(predictor, (dataset[i]["image"] for i in range(count)), source, warn_rate,
+    samples = (dataset[i] for i in range(count))
+    section = calibrate_predictor(predictor, ((s["image"], s["label"]) for s in samples), source, warn_rate,
                                   error_rate)
     meta.monitor = section
     save_checkpoint(out or path, model.cpu(), meta, extra=load_extra(path))

@@ -225,11 +225,12 @@ def aurc(scores: Sequence[float], losses: Sequence[float]) -> tuple[Optional[flo
 
 
 def monitor_summary(frames: dict[str, dict[str, list]], source: Optional[str], warn_threshold: Optional[float],
-                    failure_margin: float = 0.10) -> dict:
+                    failure_margin: float = 0.10, source_miou: Optional[float] = None) -> dict:
     """How well frame scores track frame mIoU, per domain and over all frames.
 
     ``frames``: per domain, lists ``score`` and ``miou`` (nan where the frame had no ground truth). A frame
-    "failed" when its mIoU is below the source domain's mean frame mIoU minus ``failure_margin`` (10 points);
+    "failed" when its mIoU is below the source domain's mean frame mIoU minus ``failure_margin`` (10 points; without
+    the source domain among ``frames``, ``source_miou``: the calibration split's mean frame mIoU);
     loss = 1 - frame mIoU for AURC. ``warn_threshold``: the calibrated warning threshold (frames below it raise a
     warning; the false-alarm rate is their share in the source domain), None when uncalibrated.
     """
@@ -241,7 +242,8 @@ def monitor_summary(frames: dict[str, dict[str, list]], source: Optional[str], w
 
     domains = list(frames)
     src_scores, src_miou = arrays([source]) if source in frames else (np.zeros(0), np.zeros(0))
-    fail_below = float(src_miou.mean() - failure_margin) if len(src_miou) else None
+    reference = float(src_miou.mean()) if len(src_miou) else source_miou
+    fail_below = None if reference is None else reference - failure_margin
 
     def stats(names: Sequence[str]) -> dict:
         s, m = arrays(names)
@@ -256,7 +258,7 @@ def monitor_summary(frames: dict[str, dict[str, list]], source: Optional[str], w
             out["below_warn"] = float((s < warn_threshold).mean())
         return out
 
-    targets = [d for d in domains if d != source]
+    targets = [d for d in domains if d != source] if source in frames else []
     summary = {"source": source, "failure_below_miou": fail_below, "warn_threshold": warn_threshold,
                "all": stats(domains), "targets": stats(targets), "domains": {d: stats([d]) for d in domains}}
     if source in frames and warn_threshold is not None and len(src_scores):

@@ -104,24 +104,35 @@ def frame_table(results: dict[str, dict]) -> dict[str, dict[str, dict[str, list]
 
 
 def monitor_results(results: dict[str, dict], source: Optional[str] = None,
-                    thresholds: Optional[dict[str, float]] = None) -> dict[str, dict]:
+                    thresholds: Optional[dict[str, float]] = None, source_miou: Optional[float] = None
+                    ) -> dict[str, dict]:
     """``metrics.monitor_summary`` of every monitor score in ``results``. ``source``: the in-domain set (default:
-    the first domain whose name contains "source", else the first); ``thresholds``: calibrated warning thresholds
-    by score name."""
+    the first domain whose name contains "source"; without one, and without ``source_miou`` (the calibration
+    split's mean frame mIoU), the first domain); ``thresholds``: calibrated warning thresholds by score name."""
     if source is None:
-        source = next((d for d in results if "source" in d), next(iter(results), None))
-    return {name: monitor_summary(per_domain, source, (thresholds or {}).get(name))
+        source = next((d for d in results if "source" in d),
+                      None if source_miou is not None else next(iter(results), None))
+    return {name: monitor_summary(per_domain, source, (thresholds or {}).get(name), source_miou=source_miou)
             for name, per_domain in frame_table(results).items()}
+
+
+def monitor_report_settings(monitor_section: Optional[dict]) -> dict:
+    """``write_report`` keyword arguments from a checkpoint's ``monitor`` metadata: warning thresholds and the
+    calibration split's mean frame mIoU (the failure reference where no source domain is evaluated)."""
+    section = monitor_section or {}
+    return {"monitor_thresholds": {name: entry["thresholds"]["warn"] for name, entry in section.get("scores", {}).items()},
+            "monitor_source_miou": (section.get("calibration") or {}).get("mean_frame_miou")}
 
 
 def write_report(results: dict[str, dict], out_dir: str, class_names: Sequence[str], header: dict,
                  plots: bool = True, monitor_source: Optional[str] = None,
-                 monitor_thresholds: Optional[dict[str, float]] = None) -> dict[str, str]:
+                 monitor_thresholds: Optional[dict[str, float]] = None,
+                 monitor_source_miou: Optional[float] = None) -> dict[str, str]:
     """Write results.json, results.md, per_class_iou.png and confusion_<domain>.png; with monitor frame scores also
     the monitor's table (results.json ``monitor``), risk_coverage.png and score_vs_miou.png; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "results.json"), "markdown": os.path.join(out_dir, "results.md")}
-    monitor = monitor_results(results, monitor_source, monitor_thresholds)
+    monitor = monitor_results(results, monitor_source, monitor_thresholds, monitor_source_miou)
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump({**header, "results": results, **({"monitor": monitor} if monitor else {})}, f, indent=1)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
@@ -138,8 +149,9 @@ def monitor_markdown(monitor: dict[str, dict]) -> str:
     lines = []
     for name, summary in monitor.items():
         fail = summary["failure_below_miou"]
+        reference = "the source mean" if summary["source"] else "the calibration split's mean"
         lines += ["", f"Monitor score `{name}` (higher = more trustworthy; a frame fails below "
-                      f"{percent(fail)} frame mIoU, the source mean minus 10; warning threshold "
+                      f"{percent(fail)} frame mIoU, {reference} minus 10; warning threshold "
                       f"{_number(summary['warn_threshold'])})", "",
                   "| frames | n | mean score | mean frame mIoU | Spearman ρ | failure AUROC | AURC | E-AURC | "
                   "below warning |", "|---|---|---|---|---|---|---|---|---|"]

@@ -6,6 +6,10 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+DISPLAY_SCORE_THRESHOLD = 0.3
+"""Boxes drawn for people to look at (the node's default ``score_threshold``, replay overlays); AP is scored from
+0.05, whose boxes would clutter every frame."""
+
 
 def palette_lut(palette: np.ndarray) -> np.ndarray:
     """256x3 uint8 lookup table: class id -> RGB colour; ids beyond the palette (e.g. 255 unlabeled) are black."""

@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
+from ..visualize import DISPLAY_SCORE_THRESHOLD
 from .outputs import OUTPUTS
 
 _TYPES = {
@@ -98,7 +99,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True, low=16, high=8192, length=2),
     ParamSpec("inference.window", 512, "slide mode: window size in pixels", int, read_only=True, low=16, high=8192),
     ParamSpec("inference.stride", 426, "slide mode: window stride in pixels", int, read_only=True, low=1, high=8192),
-    ParamSpec("score_threshold", 0.3, "minimum detection score", float, low=0.0, high=1.0),
+    ParamSpec("score_threshold", DISPLAY_SCORE_THRESHOLD, "minimum detection score", float, low=0.0, high=1.0),
     ParamSpec("class_filter", [], "class names to keep (empty = all); other classes become 255 in masks and are "
                                   "dropped from detections", str),
     ParamSpec("cameras", [""], "camera namespaces; '' = no namespace (topics image, camera_info). Frames that "
