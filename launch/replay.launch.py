@@ -74,6 +74,7 @@ def _actions(context):
             "use_sim_time": True,
             "pred_label_topic": resolve(outputs.output("label_mask"), "", NODE_NAME),
             "pred_detections_topic": resolve(outputs.output("detections"), "", NODE_NAME),
+            "pred_frame_score_topic": resolve(outputs.output("frame_score"), "", NODE_NAME),
             "label_info_topic": resolve(outputs.output("label_info"), "", NODE_NAME),
             "gt_label_topic": f"{camera}/gt/label_mask",
             "gt_detections_topic": f"{camera}/gt/detections",

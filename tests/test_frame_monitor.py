@@ -142,6 +142,36 @@ def test_replay_overlays_draw_boxes_at_the_display_threshold(monkeypatch, tmp_pa
     assert len(drawn) == 1 and drawn[0].tolist() == [[1, 1, 5, 5]]
 
 
+def test_the_online_evaluator_scores_the_node_s_frame_scores_like_the_offline_predictor(ros, calibrated,
+                                                                                        calibration_root, tmp_path):
+    """A bag replayed into the node: the evaluator node reads ~/frame_score with each frame and reports the same
+    frame scores (and so the same monitor table) as the predictor offline."""
+    from test_replay import _replay, _start_evaluator, _start_node
+    from vltseg_ros.bag import read_frames
+
+    _, path = calibrated
+    bag, out = tmp_path / "bag", tmp_path / "online"
+    assert cli(["bag", "make", "--dataset", f"cityscapes:{calibration_root}:val", "--out", str(bag),
+                "--limit", "4", "--fps", "10"]) == 0
+    evaluator = _start_evaluator(ros, output_dir=str(out), expected_frames=4, domain_name="replay")
+    node = _start_node(ros, path)
+    try:
+        _replay(ros, str(bag), node, evaluator)
+        online = evaluator.summary()
+    finally:
+        node.trigger_shutdown()
+        node.destroy_node()
+        evaluator.destroy_node()
+    predictor = Predictor.from_checkpoint(path)
+    offline = [predictor.predict([f.image])[0].frame_scores[DEFAULT_SCORE] for f in read_frames(str(bag))]
+    assert online["frames"][f"score/{DEFAULT_SCORE}"] == pytest.approx(offline, abs=1e-6)
+    assert sum(online["monitor_decisions"].values()) == 4
+    report = json.loads((out / "results.json").read_text())
+    assert report["monitor"][DEFAULT_SCORE]["all"]["frames"] == 4
+    lines = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    assert all(line["decision"] in ("in_domain", "out_of_domain", "far_out_of_domain") for line in lines)
+
+
 # ----------------------------------------------------------------------------------------------------- metrics
 def test_frame_miou_counts_classes_in_ground_truth_or_prediction():
     gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])

@@ -229,6 +229,14 @@ def detection_arrays(msg: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------------ building
+def frame_score_values(msg: Any) -> tuple[str, dict[str, float]]:
+    """The node's ``~/frame_score`` (vision_msgs/Classification) -> (decision, frame scores by name): the decision
+    is ``results[0].class_id``, the scores are the hypotheses after it."""
+    if not msg.results:
+        raise CodecError("data", "a frame_score message has no decision")
+    return str(msg.results[0].class_id), {str(h.class_id): float(h.score) for h in msg.results[1:]}
+
+
 def header_msg(types: MessageTypes, stamp: int, frame_id: str) -> Any:
     """std_msgs/Header of a nanosecond stamp."""
     return types["std_msgs/msg/Header"](

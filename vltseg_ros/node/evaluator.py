@@ -29,10 +29,10 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Classification, Detection2DArray, LabelInfo
 
 from ..bag import topics_for
-from ..codec import CodecError, detection_arrays, label_array, stamp_ns
+from ..codec import CodecError, detection_arrays, frame_score_values, label_array, stamp_ns
 from ..evaluation import DatasetFrame, score
 from ..labels import CITYSCAPES_CLASSES, CITYSCAPES_THING_CLASSES, IGNORE_INDEX
 from ..prediction import Prediction
@@ -46,6 +46,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("pred_detections_topic", "/vltseg/detections", "predicted vision_msgs/Detection2DArray", str,
               read_only=True),
+    ParamSpec("pred_frame_score_topic", "/vltseg/frame_score", "the domain-shift monitor's per-frame "
+              "vision_msgs/Classification (decision, frame scores)", str, read_only=True),
     ParamSpec("label_info_topic", "/vltseg/label_info", "latched vision_msgs/LabelInfo naming the class ids", str,
               read_only=True),
     ParamSpec("gt_label_topic", _BAG.gt_label, "ground-truth label mask (mono8 trainIds, 255 = ignore)", str,
@@ -79,10 +81,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               low=1, high=1000),
 )
 
-PRED_STREAMS = ("pred_label", "pred_det")
+PRED_STREAMS = ("pred_label", "pred_det", "pred_score")
 GT_STREAMS = ("gt_label", "gt_det")
 _NO_BOXES = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
 _TOPIC_PARAMS = {"pred_label": "pred_label_topic", "pred_det": "pred_detections_topic",
+                 "pred_score": "pred_frame_score_topic",
                  "gt_label": "gt_label_topic", "gt_det": "gt_detections_topic"}
 
 
@@ -110,6 +113,7 @@ class EvaluatorNode(Node):
         self.done = threading.Event()
         self.counters = {"matched": 0, "unmatched_predictions": 0, "unmatched_gt": 0, "latency_only": 0,
                          "input_frames": 0, "bad_messages": 0, "size_mismatch": 0}
+        self.decisions: dict[str, int] = {}  # the monitor's per-frame decisions, counted
         self._pending: dict[int, _Frame] = {}
         self._seen: set[str] = set()  # streams that delivered a message or have a discovered publisher
         self._newest_ns = 0
@@ -140,6 +144,8 @@ class EvaluatorNode(Node):
         for stream in ("pred_det", "gt_det"):
             self.create_subscription(Detection2DArray, self._topics[stream],
                                      lambda msg, s=stream: self._on_part(s, msg, detection_arrays), qos)
+        self.create_subscription(Classification, self._topics["pred_score"],
+                                 lambda msg: self._on_part("pred_score", msg, frame_score_values), qos)
         self.create_subscription(LabelInfo, self.param("label_info_topic"), self._on_label_info, latched)
         image_topic = self.param("image_topic")
         # raw=True: counting frames needs no deserialisation of megabyte images.
@@ -243,8 +249,13 @@ class EvaluatorNode(Node):
             keep = scores >= self.param("score_threshold")
             gt_boxes, gt_class_ids, _ = parts.get("gt_det", (None, None, None))
             shape = (gt_label if gt_label is not None else label if label is not None else np.zeros((0, 0))).shape
+            decision, frame_scores = parts.get("pred_score", (None, {}))
+            if decision is not None:
+                self.decisions[decision] = self.decisions.get(decision, 0) + 1
+                record.update(decision=decision, frame_scores=frame_scores)
             args = (DatasetFrame(None, gt_label, gt_boxes, gt_class_ids),
-                    Prediction(label, None, boxes[keep], class_ids[keep], scores[keep]), latency_s, None, shape)
+                    Prediction(label, None, boxes[keep], class_ids[keep], scores[keep], frame_scores), latency_s,
+                    None, shape)
             if self._scorer is None:
                 self._backlog.append(args)
             else:
@@ -285,6 +296,7 @@ class EvaluatorNode(Node):
             out.update(self.counters)
             out["pending"] = len(self._pending)
             out["awaiting_label_info"] = len(self._backlog)
+            out["monitor_decisions"] = dict(self.decisions)
             span = (self._last_pred_wall or 0.0) - (self._first_pred_wall or 0.0)
             out["frames_per_s"] = (self._pred_frames - 1) / span if self._pred_frames > 1 and span > 0 else None
             return out
