@@ -61,6 +61,30 @@ def test_quick_demo_produces_every_artefact(tmp_path):
 
     model, meta = load_checkpoint(str(out / "run" / "final.safetensors"))
     assert model.patch_size == 8 and meta.model.pyramid.scales == [2.0, 1.0, 0.5, 0.25]
+    # the domain-shift monitor: calibrated on the held-out source split, reported per domain, and the node's
+    # diagnostics recorded during the replay
+    assert meta.monitor["calibration"]["split"] == "calib" and meta.monitor["calibration"]["frames"] == 20
+    monitor = summary["monitor"]["feature_shift"]
+    assert monitor["source"] == "source" and set(monitor["domains"]) == set(domains)
+    assert "in_domain_false_alarm_rate" in monitor and "domain-shift monitor" in result.stdout
+    assert (report / "domains" / "risk_coverage_feature_shift.png").stat().st_size > 0
+    assert (report / "domains" / "score_vs_miou_image_baseline.png").stat().st_size > 0
+    assert (report / "ros2_replay" / "monitor_diagnostics.jsonl").stat().st_size > 0
+    assert summary["node_monitor_levels"] and set(summary["node_monitor_levels"]) <= {
+        t.replace("_", "-") for t in demo.TARGETS}
+
+
+def test_monitor_levels_are_attributed_to_the_domain_the_bag_was_playing():
+    span = 8 / 2.0 * 1e9  # 8 frames per domain at 2 frames/s
+    statuses = [{"stamp_ns": int(demo.START_NS + 0.5 * span), "level": 0},
+                {"stamp_ns": int(demo.START_NS + 1.9 * span), "level": 1},
+                {"stamp_ns": int(demo.START_NS + 1.2 * span), "level": 0},
+                {"stamp_ns": int(demo.START_NS + 2.5 * span), "level": 2},
+                {"stamp_ns": int(demo.START_NS - span), "level": 2}]  # before the bag: ignored
+    levels = demo.monitor_levels_by_domain(statuses, 8, 2.0)
+    assert levels == {"target-clear": {"counts": {"OK": 1}, "last": "OK"},
+                      "target-fog": {"counts": {"OK": 1, "WARN": 1}, "last": "WARN"},
+                      "target-night": {"counts": {"ERROR": 1}, "last": "ERROR"}}
 
 
 @pytest.mark.parametrize("step_s, expected", [

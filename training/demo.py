@@ -40,17 +40,18 @@ from typing import Any, Callable, Iterator, Optional
 import cv2
 import torch
 
-from vltseg_ros import synth
+from vltseg_ros import monitor, synth
 from vltseg_ros.bag import BagWriter, FrameRecord
 from vltseg_ros.checkpoint import load_checkpoint
 from vltseg_ros.precision import PRECISIONS, describe_device, device_line, resolve_precision
 from vltseg_ros.predictor import Predictor
-from vltseg_ros.report import percent, write_report
+from vltseg_ros.report import monitor_report_settings, percent, write_report
 
 from . import bag_cli
 from .config import config_from_dict
 from .datasets import build_dataset
 from .evaluate import evaluate_dataset
+from .monitor_cli import MIN_FRAMES, calibrate_checkpoint
 from .train import Trainer
 
 SCORE_THRESHOLD = 0.05  # boxes the node publishes and the offline replay scores (AP needs the low-score tail)
@@ -76,6 +77,7 @@ class DemoSize:
     budget_s: Optional[float] = None
     reserve_s: float = 0.0
     min_iterations: int = 1
+    calibration_frames: int = 40  # the domain-shift monitor's held-out source split (at least MIN_FRAMES)
 
 
 # Batch 2: on a random-init model more, smaller steps in the same time learned more: batch 4 beat batch 8, and
@@ -84,7 +86,10 @@ class DemoSize:
 # machine, 70 s beside the test suite). The 570 s budget leaves 30 s or more of the promised 10 minutes; source
 # mIoU gains about 1 point per 100 iterations at this scale (bench/RESULTS.md), so the budget goes to training.
 FULL = DemoSize(256, 512, 300, 40, 1800, 2, 256, 8, 2.0, budget_s=570.0, reserve_s=75.0, min_iterations=300)
-QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0)
+QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0, calibration_frames=MIN_FRAMES)
+MONITOR_SPLIT = "calib"
+"""The source style's split that calibrates the domain-shift monitor: rendered from seeds no other split uses."""
+MONITOR_SEED = 100_000
 CALIBRATION_ITERATIONS = 4
 # The demo's network: the tiny EVA02 preset with an 8-px patch (people and poles are narrower than one 16-px patch
 # at 256x512; the pyramid scales keep the heads' strides at 4-32) and a lighter Mask2Former (2 decoder layers,
@@ -205,6 +210,31 @@ def _calibration_step_s(cfg: dict, threads: int) -> float:
         if steps:
             return median_high(steps)
         return (time.perf_counter() - timed) / CALIBRATION_ITERATIONS
+
+
+def _render_evaluation_splits(data: str, benchmark: dict, calibration_frames: int) -> None:
+    """The val splits of every domain, then the monitor's held-out source split (one background task, so that the
+    thread governor's "rendering ended" covers both)."""
+    synth.write_benchmark(data, **benchmark, splits=("val",))
+    synth.write_split(os.path.join(data, "source"), MONITOR_SPLIT, calibration_frames, MONITOR_SEED,
+                      benchmark["height"], benchmark["width"], "synthetic")
+
+
+def monitor_levels_by_domain(statuses: list[dict], frames_per_domain: int, fps: float) -> dict[str, dict]:
+    """The node's domain-monitor diagnostics during the replay, by the target domain whose frames the bag was
+    playing (stamps are bag time): the level counts and the last level of each domain's stretch."""
+    names = ("OK", "WARN", "ERROR")
+    span_ns = frames_per_domain / fps * 1e9
+    out: dict[str, dict] = {}
+    for status in sorted(statuses, key=lambda s: s["stamp_ns"]):
+        index = int((status["stamp_ns"] - START_NS) // span_ns)
+        if not 0 <= index < len(TARGETS):
+            continue
+        entry = out.setdefault(TARGETS[index].replace("_", "-"), {"counts": {}, "last": None})
+        level = names[min(status["level"], 2)]
+        entry["counts"][level] = entry["counts"].get(level, 0) + 1
+        entry["last"] = level
+    return out
 
 
 def _timed_result(fn: Callable[..., object], *args: object, **kwargs: object) -> tuple[float, object]:
@@ -374,7 +404,7 @@ def interruptible(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Op
 
 
 def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int, timeout: float,
-                precision: str, children: Optional[ChildProcesses] = None) -> dict:
+                precision: str, children: Optional[ChildProcesses] = None, monitor_window_s: float = 10.0) -> dict:
     """Node + evaluator + player in three processes over real DDS; returns the evaluator's summary. ``children``
     registers the processes, so that an interrupt in another thread can stop them (``ChildProcesses.stop_all``)."""
     children = ChildProcesses() if children is None else children
@@ -388,7 +418,9 @@ def _ros_replay(checkpoint: str, bag: str, frames: int, out: str, domain_id: int
             [os.path.join(bindir, "vltseg_node"), "--ros-args", "-p", f"checkpoint:={checkpoint}",
              "-p", "device:=cpu", "-p", f"score_threshold:={threshold}", "-p", f"precision:={precision}",
              "-p", "use_sim_time:=true", "-p", "input_qos.reliability:=reliable", "-p", "input_qos.depth:=50",
-             "-p", "frame_queue:=50", "-r", "image:=/camera/image"],
+             "-p", "frame_queue:=50", "-r", "image:=/camera/image",
+             # the domain monitor's window: one domain's stretch of the bag, so each domain is judged on its own
+             "-p", f"diagnostics_window_s:={monitor_window_s}", "-p", "diagnostics_period_s:=0.5"],
             env=env, stdout=open(os.path.join(out, "node.log"), "w"), stderr=subprocess.STDOUT))
         evaluator = children.start(
             [os.path.join(bindir, "vltseg_eval_node"), "--ros-args", "-p", f"output_dir:={out}",
@@ -437,7 +469,8 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
     # (see plan_training), so the second core would otherwise idle for the whole training.
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_background_init,
                              initargs=(1,)) as background, _terminated_on_error(background):
-        rendering = background.submit(_timed_result, synth.write_benchmark, data, **benchmark, splits=("val",))
+        rendering = background.submit(_timed_result, _render_evaluation_splits, data, benchmark,
+                                      size.calibration_frames)
         plan = plan_training(_train_config(data, run_dir, size, min(workers, 1), resolved), size, started)
         if plan["step_s"] is not None:
             measured = ", ".join(f"{v:.2f} on {t} thread(s)" for t, v in plan["calibration_s"].items())
@@ -466,6 +499,14 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
         timings["render_val_s"], _ = rendering.result()
     timings["train_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    calibration = calibrate_checkpoint(checkpoint, "cityscapes", os.path.join(data, "source"), MONITOR_SPLIT,
+                                       device="cpu", precision=resolved)
+    timings["monitor_calibration_s"] = time.perf_counter() - t
+    thresholds = calibration["scores"][monitor.DEFAULT_SCORE]["thresholds"]
+    print(f"domain-shift monitor calibrated on {calibration['calibration']['frames']} held-out source frames: "
+          f"warning below {thresholds['warn']:.3f}, error below {thresholds['error']:.3f}", flush=True)
+
     t = _step("3/6 writing a replay bag of target-style frames")
     bag = os.path.join(out, "replay_bag")
     frames = _write_replay_bag(data, bag, size)
@@ -480,13 +521,15 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
     children = ChildProcesses()
     with ThreadPoolExecutor(max_workers=1) as replay_thread, children.stopped_on_error():
         replay = replay_thread.submit(_timed_result, _ros_replay, checkpoint, bag, frames, online_dir, domain_id,
-                                      timeout=max(300.0, frames * 10.0), precision=resolved, children=children)
+                                      timeout=max(300.0, frames * 10.0), precision=resolved, children=children,
+                                      monitor_window_s=size.bag_frames_per_domain / size.bag_fps)
         model, meta = load_checkpoint(checkpoint)
         domains = {}
         for spec in cfg.data.val:
             domains[spec.title] = evaluate_dataset(model, meta, build_dataset(spec.name, spec.root, spec.split),
                                                    "cpu", resolved)
-        write_report(domains, os.path.join(report, "domains"), meta.model.classes, {"checkpoint": checkpoint})
+        paths = write_report(domains, os.path.join(report, "domains"), meta.model.classes, {"checkpoint": checkpoint},
+                             monitor_source="source", **monitor_report_settings(meta.monitor))
         timings["eval_s"] = time.perf_counter() - t
         timings["replay_s"], online = replay.result()
     timings["replay_and_eval_s"] = time.perf_counter() - t
@@ -500,12 +543,28 @@ def run_demo(out: str, size: DemoSize, workers: int = 1, domain_id: int = 42, pr
     timings["offline_replay_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - started
 
+    with open(paths["json"], encoding="utf-8") as f:
+        monitor_summary = json.load(f).get("monitor", {})
+    levels = monitor_levels_by_domain(_read_jsonl(os.path.join(online_dir, "monitor_diagnostics.jsonl")),
+                                      size.bag_frames_per_domain, size.bag_fps)
     result = {"checkpoint": checkpoint, "report": report, "domains": domains, "online": online,
+              "monitor": monitor_summary, "node_monitor_levels": levels,
               "bag_fps": size.bag_fps, "timings": timings, "precision": resolved, "machine": machine,
               "training": plan}
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def print_summary(result: dict) -> None:
@@ -524,6 +583,20 @@ def print_summary(result: dict) -> None:
               f"vltseg_node): mIoU {percent(seg['mIoU']) if seg else '-'}, AP50 {percent(det['AP50']) if det else '-'}, "
               f"node output {fps or float('nan'):.2f} frames/s (bag played at {result['bag_fps']:g} frames/s), latency p50 {latency.get('p50', float('nan')):.0f} ms / "
               f"p95 {latency.get('p95', float('nan')):.0f} ms")
+    for name, summary in result.get("monitor", {}).items():
+        print(f"\ndomain-shift monitor, frame score {name!r} (higher = more trustworthy):")
+        print("| frames | mean score | mean frame mIoU | Spearman ρ | failure AUROC | E-AURC | below warning |")
+        print("|---|---|---|---|---|---|---|")
+        for label, s in [("all", summary["all"]), ("targets", summary["targets"]), *summary["domains"].items()]:
+            print(f"| {label} | {_fmt(s['mean_score'], 3)} | {percent(s['mean_frame_miou'])} | {_fmt(s['spearman'])}"
+                  f" | {_fmt(s.get('auroc'))} | {_fmt(s['e_aurc'], 3)} | {percent(s.get('below_warn'))} |")
+        if "in_domain_false_alarm_rate" in summary:
+            print(f"in-domain false alarms: {percent(summary['in_domain_false_alarm_rate'])} %")
+    levels = result.get("node_monitor_levels") or {}
+    if levels:
+        print("node /diagnostics domain monitor during the replay: " + ", ".join(
+            f"{domain} {entry['last']} ({', '.join(f'{k} {v}' for k, v in sorted(entry['counts'].items()))})"
+            for domain, entry in levels.items()))
     t, plan = result["timings"], result["training"]
     print(f"\nprecision: {result['precision']}; machine: {device_line(result['machine'])}")
     step = f", calibrated at {plan['step_s']:.2f} s/iteration" if plan["step_s"] is not None else ""

@@ -28,6 +28,7 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Classification, Detection2DArray, LabelInfo
 
@@ -48,6 +49,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec("pred_frame_score_topic", "/vltseg/frame_score", "the domain-shift monitor's per-frame "
               "vision_msgs/Classification (decision, frame scores)", str, read_only=True),
+    ParamSpec("diagnostics_topic", "/diagnostics", "recorded: the node's domain-monitor statuses (level, message, "
+              "stamp) go to monitor_diagnostics.jsonl", str, read_only=True),
     ParamSpec("label_info_topic", "/vltseg/label_info", "latched vision_msgs/LabelInfo naming the class ids", str,
               read_only=True),
     ParamSpec("gt_label_topic", _BAG.gt_label, "ground-truth label mask (mono8 trainIds, 255 = ignore)", str,
@@ -114,6 +117,8 @@ class EvaluatorNode(Node):
         self.counters = {"matched": 0, "unmatched_predictions": 0, "unmatched_gt": 0, "latency_only": 0,
                          "input_frames": 0, "bad_messages": 0, "size_mismatch": 0}
         self.decisions: dict[str, int] = {}  # the monitor's per-frame decisions, counted
+        self.monitor_statuses: list[dict] = []  # the node's domain-monitor diagnostics, as received
+        self._status_lines: list[str] = []
         self._pending: dict[int, _Frame] = {}
         self._seen: set[str] = set()  # streams that delivered a message or have a discovered publisher
         self._newest_ns = 0
@@ -130,7 +135,8 @@ class EvaluatorNode(Node):
         self._output_dir = self.param("output_dir")
         if self._output_dir:
             os.makedirs(self._output_dir, exist_ok=True)
-            open(os.path.join(self._output_dir, "frames.jsonl"), "w").close()  # one run per file
+            for name in ("frames.jsonl", "monitor_diagnostics.jsonl"):
+                open(os.path.join(self._output_dir, name), "w").close()  # one run per file
 
         reliability = (ReliabilityPolicy.RELIABLE if self.param("qos.reliability") == "reliable"
                        else ReliabilityPolicy.BEST_EFFORT)
@@ -147,6 +153,7 @@ class EvaluatorNode(Node):
         self.create_subscription(Classification, self._topics["pred_score"],
                                  lambda msg: self._on_part("pred_score", msg, frame_score_values), qos)
         self.create_subscription(LabelInfo, self.param("label_info_topic"), self._on_label_info, latched)
+        self.create_subscription(DiagnosticArray, self.param("diagnostics_topic"), self._on_diagnostics, 10)
         image_topic = self.param("image_topic")
         # raw=True: counting frames needs no deserialisation of megabyte images.
         self.create_subscription(CompressedImage if image_topic.endswith("/compressed") else Image, image_topic,
@@ -163,6 +170,16 @@ class EvaluatorNode(Node):
         with self._lock:
             self.counters["input_frames"] += 1
             self._last_message_wall = time.monotonic()
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        stamp = stamp_ns(msg)
+        for status in msg.status:
+            if "domain monitor" in status.name:
+                level = status.level if isinstance(status.level, int) else int.from_bytes(status.level, "big")
+                record = {"stamp_ns": stamp, "name": status.name, "level": level, "message": status.message}
+                with self._lock:
+                    self.monitor_statuses.append(record)
+                    self._status_lines.append(json.dumps(record))
 
     def _on_label_info(self, msg: LabelInfo) -> None:
         ids = {int(c.class_id): c.class_name for c in msg.class_map}
@@ -297,6 +314,9 @@ class EvaluatorNode(Node):
             out["pending"] = len(self._pending)
             out["awaiting_label_info"] = len(self._backlog)
             out["monitor_decisions"] = dict(self.decisions)
+            levels = [s["level"] for s in self.monitor_statuses]
+            out["monitor_levels"] = {name: levels.count(level) for level, name in enumerate(("OK", "WARN", "ERROR"))
+                                     if level in levels}
             span = (self._last_pred_wall or 0.0) - (self._first_pred_wall or 0.0)
             out["frames_per_s"] = (self._pred_frames - 1) / span if self._pred_frames > 1 and span > 0 else None
             return out
@@ -325,12 +345,15 @@ class EvaluatorNode(Node):
         with self._lock:
             result = self.summary()
             lines, self._lines = self._lines, []
+            status_lines, self._status_lines = self._status_lines, []
             names = self.class_names
             self._last_write_wall = time.monotonic()
             if not self._output_dir:
                 return result
             with open(os.path.join(self._output_dir, "frames.jsonl"), "a", encoding="utf-8") as f:
                 f.writelines(line + "\n" for line in lines)
+            with open(os.path.join(self._output_dir, "monitor_diagnostics.jsonl"), "a", encoding="utf-8") as f:
+                f.writelines(line + "\n" for line in status_lines)
             if names is not None:
                 header = {"source": "vltseg_eval_node", "stamp_matching": "exact",
                           "topics": {**self._topics, "image": self.param("image_topic")},
