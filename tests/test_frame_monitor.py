@@ -220,18 +220,9 @@ def test_scorer_keeps_frame_scores_aligned_through_merges():
 
 # ------------------------------------------------------------------------------------------------------ the node
 def _node(ros, checkpoint: str, **params):
-    from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
+    from test_node import start_node
 
-    from vltseg_ros.node.node import VLTSegNode
-
-    overrides = [Parameter("checkpoint", value=checkpoint), Parameter("device", value="cpu")]
-    overrides += [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
-    node = VLTSegNode(context=ros.context, parameter_overrides=overrides)
-    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    ros.add_node(node)
-    return node
+    return start_node(ros, checkpoint, **params)
 
 
 @pytest.fixture
