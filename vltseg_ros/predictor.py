@@ -83,6 +83,8 @@ class Predictor:
         self._class_lut: Optional[np.ndarray] = None  # class filter: label-map LUT (None = every class)
         self._kept_ids: Optional[np.ndarray] = None  # class filter: ids whose boxes are returned
         self._monitor: Optional[dict] = None  # frame-score name -> calibration stats (device tensors), thresholds
+        # The frame score the monitor decides on (both are computed and reported): the default, or the baseline.
+        self.monitor_default: str = monitor.DEFAULT_SCORE
         self.set_monitor_calibration(meta.monitor)
 
     # ------------------------------------------------------------------ settings a running node changes live
@@ -195,11 +197,6 @@ class Predictor:
     def monitor_calibrated(self) -> bool:
         """Whether the checkpoint holds the monitor's in-domain calibration (``vltseg monitor calibrate``)."""
         return self._monitor is not None
-
-    @property
-    def monitor_default(self) -> str:
-        """Name of the frame score the monitor decides on (``vltseg_ros.monitor.DEFAULT_SCORE``)."""
-        return monitor.DEFAULT_SCORE
 
     @property
     def monitor_thresholds(self) -> dict[str, dict[str, float]]:

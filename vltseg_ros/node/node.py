@@ -163,6 +163,8 @@ class VLTSegNode(LifecycleNode):
             if p.name == "score_threshold" and self.predictor is not None:
                 self.predictor.set_score_threshold(float(p.value))
                 self._publish_label_info(float(p.value))
+            if p.name == "monitor_score" and self.predictor is not None:
+                self.predictor.monitor_default = str(p.value)
             if p.name == "class_filter" and self.predictor is not None:
                 self._set_class_filter(list(p.value))
         return SetParametersResult(successful=True)
@@ -222,6 +224,7 @@ class VLTSegNode(LifecycleNode):
             f"warm-up {1000 * (time.perf_counter() - started):.0f} ms"
         )
         self.predictor = predictor
+        predictor.monitor_default = self.param("monitor_score")
         self._jpeg_device = predictor.device if use_torchvision else None
         self._palette_lut = palette_lut(predictor.palette)
         self._set_class_filter(list(self.param("class_filter")))

@@ -85,6 +85,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "torch device: auto (cuda if available), cpu, cuda or cuda:N", str, read_only=True),
     ParamSpec("precision", "auto", "autocast precision; auto = bf16 where the device runs it natively, else fp32",
               str, read_only=True, choices=("auto", "fp32", "bf16", "fp16")),
+    ParamSpec("monitor_score", "feature_shift", "frame score the domain-shift monitor decides on (~/frame_score, "
+              "/diagnostics): feature_shift, or the model-free image_baseline", str,
+              choices=("feature_shift", "image_baseline")),
     ParamSpec("compile", False, "torch.compile the network at configure time (slow first start, faster frames)",
               bool, read_only=True),
     ParamSpec("compile_mode", "default", "torch.compile mode; reduce-overhead = CUDA graphs (static shapes)", str,
