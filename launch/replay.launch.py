@@ -66,6 +66,9 @@ def _actions(context):
         node_args.update({k: v for k, v in SCORE_EVERY_FRAME.items()
                           if not context.launch_configurations.get(k)})
     outputs = CameraTopics("")
+    # our executables start with SIGINT/SIGTERM blocked until their handlers are in (launch_support.py), under
+    # their own names in launch's log
+    prefix = support.blocked_start_prefix(context.launch_configurations.get("launch-prefix", ""))
     evaluator = Node(
         package="vltseg_ros",
         executable="vltseg_eval_node",
@@ -89,6 +92,8 @@ def _actions(context):
         # On SIGINT (the launch stopping) the evaluator writes its report and plots, which takes seconds on a busy
         # machine; it exits 0 by itself, so give it that time before escalating (default 5 s, SIGKILL 5 s later).
         sigterm_timeout=EVALUATOR_STOP_S,
+        prefix=prefix,
+        exec_name="vltseg_eval_node" if prefix else None,
     )
     node = IncludeLaunchDescription(PythonLaunchDescriptionSource(os.path.join(SHARE, "launch", "vltseg.launch.py")),
                                     launch_arguments=node_args.items())
@@ -103,7 +108,8 @@ def _actions(context):
         # two subscribers on the camera topic: the node, and the evaluator counting input frames
         play = Node(package="vltseg_ros", executable="vltseg_bag_play", name="vltseg_bag_play", output="screen",
                     arguments=[arg("bag"), "--rate", arg("rate"), "--wait-for-subscribers", "2",
-                               "--wait-timeout", "300"])
+                               "--wait-timeout", "300"],
+                    prefix=prefix, exec_name="vltseg_bag_play" if prefix else None)
         start_play = play
     else:
         raise ValueError(f"player:={player!r} is not one of auto, ros2bag, vltseg")

@@ -70,6 +70,9 @@ def _launch(context):
     if apply:
         actions.append(SetEnvironmentVariable("FASTDDS_BUILTIN_TRANSPORTS", arg("fastdds_builtin_transports")))
     use_sim_time = arg("use_sim_time").lower() in ("true", "1", "yes")
+    # A Ctrl-C while the node's Python is still starting waits for its handlers instead of a traceback; the process
+    # keeps its name in launch's log (not the prefix's "sh").
+    prefix = support.blocked_start_prefix(context.launch_configurations.get("launch-prefix", ""))
     actions.append(Node(
         package="vltseg_ros",
         executable="vltseg_node",
@@ -79,6 +82,8 @@ def _launch(context):
         remappings=remappings,
         output="screen",
         emulate_tty=True,
+        prefix=prefix,
+        exec_name="vltseg_node" if prefix else None,
     ))
     if arg("use_rviz").lower() in ("true", "1", "yes"):
         config = arg("rviz_config") or support.write_rviz_config(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -146,10 +147,11 @@ def _wait_reached(launch: Launch, path, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def _ctrl_c(launch: Launch, limit_s: float = 20.0) -> str:
-    """SIGINT to ``ros2 launch`` (``kill -INT``): it exits with status 0 within ``limit_s``, every process it
-    started finished cleanly inside launch's 5 s before SIGTERM, and nothing printed a traceback or FATAL line."""
-    started = time.monotonic()
+def _ctrl_c(launch: Launch, limit_s: float = 20.0, sent_at: Optional[float] = None) -> str:
+    """SIGINT to ``ros2 launch`` (``kill -INT``; sent at ``sent_at`` already, if given): it exits with status 0
+    within ``limit_s``, every process it started finished cleanly inside launch's 5 s before SIGTERM, and nothing
+    printed a traceback or FATAL line."""
+    started = time.monotonic() if sent_at is None else sent_at
     code = launch.stop()
     elapsed = time.monotonic() - started
     out = launch.log.read_text()
@@ -176,9 +178,44 @@ def test_ctrl_c_to_launch_as_the_node_activates(workspace, launch_checkpoint, tm
                                                            f"checkpoint:={launch_checkpoint}", "device:=cpu"], env)
     _wait_reached(launch, hold_dir / "activate.reached")
     launch.proc.send_signal(signal.SIGINT)
+    sent_at = time.monotonic()
     launch.wait_for_output("SIGINT: shutting down", timeout=30)
     (hold_dir / "activate.release").touch()
-    _ctrl_c(launch)
+    _ctrl_c(launch, sent_at=sent_at)
+
+
+SITE_HOLD = """
+import os
+import sys
+import time
+
+# Held in the node's interpreter start-up (site), before any of the package's code: Python code, where a
+# KeyboardInterrupt goes through.
+if len(sys.orig_argv) > 1 and os.path.basename(sys.orig_argv[1]) == "vltseg_node":
+    open(os.path.join(HOLD_DIR, "startup.reached"), "w").close()
+    while not os.path.exists(os.path.join(HOLD_DIR, "startup.release")):
+        time.sleep(0.01)
+"""
+
+
+def test_ctrl_c_to_launch_while_the_node_starts_python(workspace, launch_checkpoint, tmp_path):
+    """launch passes a Ctrl-C on to a node whose interpreter is still starting (a sitecustomize holds it there):
+    started with SIGINT blocked, the node takes it once its handlers are in and exits 0 at once. Started plainly
+    (as before, or with a --launch-prefix), it ended in a KeyboardInterrupt traceback with status -2."""
+    env = sourced_env(workspace, base_env(log_dir=tmp_path))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_HOLD.replace("HOLD_DIR", repr(str(tmp_path))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
+    launch = Launch(["vltseg_ros", "vltseg.launch.py", f"checkpoint:={launch_checkpoint}", "device:=cpu"], env,
+                    tmp_path / "launch.log")
+    _wait_reached(launch, tmp_path / "startup.reached")
+    launch.proc.send_signal(signal.SIGINT)
+    sent_at = time.monotonic()
+    launch.wait_for_output("sending signal 'SIGINT' to process[vltseg_node-1]", timeout=30)
+    (tmp_path / "startup.release").touch()
+    out = _ctrl_c(launch, sent_at=sent_at)
+    assert "SIGINT while starting" in out, out
 
 
 def test_ctrl_c_to_the_replay_launch_while_it_plays(workspace, launch_checkpoint, tmp_path):

@@ -23,6 +23,7 @@ if os.path.basename(sys.argv[0]) in EXECUTABLES:
 
 import re
 import select
+import shlex
 import threading
 import time
 from dataclasses import dataclass
@@ -390,6 +391,29 @@ class StopSignals:
 
 STOP = StopSignals()
 """The process's stop request: one per process, as signal handlers are."""
+
+_BLOCKED_START = (
+    "import os, signal, sys\n"
+    "signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT, signal.SIGTERM))\n"
+    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+def blocked_start_prefix(launch_prefix: str, python: str = sys.executable) -> Optional[str]:
+    """The launch ``prefix`` that starts one of the package's executables with SIGINT and SIGTERM blocked, or
+    None (launch's own ``launch-prefix``) when the user gave one (gdb, valgrind: tools that take the signals
+    themselves).
+
+    ``ros2 launch`` passes a Ctrl-C on to its processes at once, also to one that has only just been started: in
+    the 0.1-0.3 s before the executable has installed StopSignals, Python would end it with a KeyboardInterrupt
+    traceback. Blocked, the signal waits and StopSignals.install() takes it. ``sh`` ignores the two signals
+    within its first instruction, then a bare Python (no site: milliseconds) blocks them and executes the
+    command; one that comes in between those two is lost, and launch's SIGTERM 5 s later stops the process."""
+    if launch_prefix.strip():
+        return None
+    return shlex.join(["sh", "-c", 'trap "" INT TERM; exec "$@"', "sh", python, "-S", "-E", "-c", _BLOCKED_START])
 
 
 def exit_now(code: int = 0) -> None:
