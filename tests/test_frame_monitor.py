@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vltseg_ros.checkpoint import load_checkpoint, read_meta
+from vltseg_ros.checkpoint import read_meta
 from vltseg_ros.cli import main as cli
 from vltseg_ros.metrics import aurc, failure_auroc, frame_miou, monitor_summary, spearman
 from vltseg_ros.monitor import BASELINE_SCORE, DEFAULT_SCORE
