@@ -15,6 +15,26 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
+def ros():
+    """A RosHarness (rclpy context, executor thread, helper node) for one test; imported lazily so that the tests
+    that run without ROS never import rclpy."""
+    from ros_harness import RosHarness
+
+    harness = RosHarness()
+    yield harness
+    harness.close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame), once per module; modules
+    that need another size define their own."""
+    from ros_harness import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), 64, 128)
+
+
+@pytest.fixture
 def tiny_config():
     """Tiny EVA02 config with both heads."""
     return model_preset("eva02_tiny", ("seg", "det"))

@@ -225,15 +225,6 @@ def _node(ros, checkpoint: str, **params):
     return start_node(ros, checkpoint, **params)
 
 
-@pytest.fixture
-def ros():
-    from ros_harness import RosHarness
-
-    harness = RosHarness()
-    yield harness
-    harness.close()
-
-
 def _monitor_status(diags, topic: str):
     """The newest domain-monitor status of the camera input ``topic``, with its values, or None."""
     for array_ in reversed(list(diags)):

@@ -21,21 +21,8 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg, write_tiny_checkpoint
+from ros_harness import BEST_EFFORT, LATCHED, RELIABLE, RosHarness, compressed_msg, image_msg
 from vltseg_ros.node.node import VLTSegNode
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame)."""
-    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), 64, 128)
-
-
-@pytest.fixture
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 def start_node(ros: RosHarness, checkpoint: str, activate: bool = True, **params) -> VLTSegNode:

@@ -85,13 +85,6 @@ def bag(tmp_path_factory, checkpoint) -> str:
     return _write(str(tmp_path_factory.mktemp("bag") / "gt"), frames)
 
 
-@pytest.fixture
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
-
-
 def _stamp(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 

@@ -18,7 +18,7 @@ from lifecycle_msgs.srv import ChangeState
 from sensor_msgs.msg import Image
 
 from ros_harness import (
-    BEST_EFFORT, HeldProcess, RosHarness, forbidden_lines, image_msg, session_processes, write_tiny_checkpoint,
+    BEST_EFFORT, HeldProcess, RosHarness, forbidden_lines, image_msg, session_processes,
 )
 from vltseg_ros.bag import BagWriter, FrameRecord
 
@@ -29,19 +29,6 @@ loaded machine (the judgement allows 20 s)."""
 ACK_S = 10.0
 """How long to wait for the node's "<signal>: shutting down" line before releasing a hold anyway."""
 BIN = os.path.dirname(sys.executable)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """Tiny seg+det checkpoint running whole images at 64x128 (milliseconds per frame)."""
-    return write_tiny_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"), 64, 128)
-
-
-@pytest.fixture
-def ros():
-    harness = RosHarness()
-    yield harness
-    harness.close()
 
 
 @pytest.fixture
