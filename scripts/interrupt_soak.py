@@ -189,7 +189,17 @@ def summary(target: str, runs: list[dict]) -> str:
     return "\n".join([line, *failed])
 
 
+def restore_sigint() -> None:
+    """Give SIGINT its default handling back where this process inherited it ignored. The shell ignores SIGINT in
+    the background jobs of a non-interactive shell (``nohup ... &``, a CI step), and an ignored signal stays ignored
+    across exec. ``ros2 launch`` hears SIGINT through Python's default handler (``signal.set_wakeup_fd``), so it
+    would never hear the interrupt, while a user's Ctrl-C in a terminal always reaches it."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> int:
+    restore_sigint()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=["node", "launch", "both"], default="both")
     parser.add_argument("--runs", type=int, default=50, help="interrupted runs per target")

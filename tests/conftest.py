@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random-init models and checkpoints (CPU, milliseconds per forward)."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,12 @@ import torch
 from vltseg_ros.checkpoint import CheckpointMeta, save_checkpoint
 from vltseg_ros.config import inference_preset, model_preset
 from vltseg_ros.model import build_model
+
+# The tests interrupt child processes (ros2 launch, the node, the player) as a terminal's Ctrl-C would. Run in the
+# background of a non-interactive shell, this process inherits SIGINT ignored, and its children would too (an ignored
+# signal stays ignored across exec): give it back its default handling.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # One intra-op thread: tests share 2 cores with DDS and executor threads, where torch's spinning worker threads
 # can slow a tiny forward pass from milliseconds to seconds and make a keep-latest node drop replayed frames.
