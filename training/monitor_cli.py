@@ -33,11 +33,13 @@ from .datasets import DatasetError, build_dataset
 from .evaluate import _parse_data, dataset_inference
 
 MIN_FRAMES = 20
-"""Fewest calibration frames: the 5 % quantile of fewer is the minimum or worse."""
+"""Fewest calibration frames. The thresholds' guarantee needs more: 45 frames for a 5 % warning rate, 230 for a 1 %
+error rate at 90 % confidence (``monitor.alarm_thresholds``); with fewer they come from a normal tail fit."""
 
 
 def calibrate_predictor(predictor: Predictor, frames: Iterable[tuple[np.ndarray, Optional[np.ndarray]]],
-                        source: dict, warn_rate: float = 0.05, error_rate: float = 0.01) -> dict:
+                        source: dict, warn_rate: float = 0.05, error_rate: float = 0.01,
+                        confidence: float = monitor.ALARM_CONFIDENCE) -> dict:
     """The metadata ``monitor`` section from in-domain (RGB uint8 image, trainId label or None) frames run through
     ``predictor``. With labels it also records their mean frame mIoU: the failure reference of evaluations that
     hold no source domain (a frame fails 10 points below it)."""
@@ -55,12 +57,12 @@ def calibrate_predictor(predictor: Predictor, frames: Iterable[tuple[np.ndarray,
     stacked = {name: torch.from_numpy(np.stack(values)) for name, values in descriptors.items()}
     mious = [m for m in mious if np.isfinite(m)]
     source = {**source, "mean_frame_miou": float(np.mean(mious)) if mious else None}
-    return monitor.calibrate(stacked, source, warn_rate, error_rate)
+    return monitor.calibrate(stacked, source, warn_rate, error_rate, confidence=confidence)
 
 
 def calibrate_checkpoint(path: str, name: str, root: str, split: str, out: Optional[str] = None,
                          device: str = "cpu", precision: str = "auto", limit: int = 0, warn_rate: float = 0.05,
-                         error_rate: float = 0.01) -> dict:
+                         error_rate: float = 0.01, confidence: float = monitor.ALARM_CONFIDENCE) -> dict:
     """Calibrate checkpoint ``path`` on dataset ``name`` at ``root``/``split``; write it to ``out`` (default: in
     place, atomically). Returns the ``monitor`` section written."""
     model, meta = load_checkpoint(path)
@@ -73,7 +75,7 @@ def calibrate_checkpoint(path: str, name: str, root: str, split: str, out: Optio
               "inference": dataclasses.asdict(predictor.inference), "precision": predictor.precision}
     samples = (dataset[i] for i in range(count))
     section = calibrate_predictor(predictor, ((s["image"], s["label"]) for s in samples), source, warn_rate,
-                                  error_rate)
+                                  error_rate, confidence)
     meta.monitor = section
     save_checkpoint(out or path, model.cpu(), meta, extra=load_extra(path))
     return section
@@ -93,20 +95,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cal.add_argument("--device", default="cpu")
     cal.add_argument("--precision", default="auto", choices=PRECISIONS)
     cal.add_argument("--warn-rate", dest="warn_rate", type=float, default=0.05,
-                     help="share of in-domain frames that raise a warning (default 0.05)")
+                     help="most in-domain frames that may raise a warning (default 0.05)")
     cal.add_argument("--error-rate", dest="error_rate", type=float, default=0.01,
-                     help="share of in-domain frames that raise an error (default 0.01)")
+                     help="most in-domain frames that may raise an error (default 0.01)")
+    cal.add_argument("--confidence", type=float, default=monitor.ALARM_CONFIDENCE,
+                     help="how sure the thresholds are to hold those rates on new in-domain frames "
+                          f"(default {monitor.ALARM_CONFIDENCE})")
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``vltseg monitor``."""
-    if not 0 < args.error_rate <= args.warn_rate < 1:
-        print("vltseg monitor: error: need 0 < --error-rate <= --warn-rate < 1", file=sys.stderr)
+    if not 0 < args.error_rate <= args.warn_rate < 1 or not 0 < args.confidence < 1:
+        print("vltseg monitor: error: need 0 < --error-rate <= --warn-rate < 1 and 0 < --confidence < 1",
+              file=sys.stderr)
         return 2
     name, root, split, _ = args.data
     try:
         section = calibrate_checkpoint(args.checkpoint, name, root, split, args.out, args.device, args.precision,
-                                       args.limit, args.warn_rate, args.error_rate)
+                                       args.limit, args.warn_rate, args.error_rate, args.confidence)
     except (CheckpointError, DatasetError) as exc:
         print(f"vltseg monitor: error: {exc}", file=sys.stderr)
         return 2
@@ -115,7 +121,12 @@ def run(args: argparse.Namespace) -> int:
           f"{args.out or args.checkpoint}")
     for score, entry in section["scores"].items():
         t = entry["thresholds"]
-        print(f"  {score}: warn below {t['warn']:.4f} ({100 * t['warn_rate']:.0f} % of in-domain frames), error "
-              f"below {t['error']:.4f} ({100 * t['error_rate']:.0f} %); in-domain median "
+        print(f"  {score}: warn below {t['warn']:.4f} (at most {100 * t['warn_rate']:g} % of in-domain frames with "
+              f"{100 * t['confidence']:g} % confidence, expected {100 * t['expected_warn_rate']:.1f} %; "
+              f"{t['warn_rule']}), error below {t['error']:.4f} (at most {100 * t['error_rate']:g} %, expected "
+              f"{100 * t['expected_error_rate']:.1f} %; {t['error_rule']}); in-domain median "
               f"{entry['distribution']['quantiles']['p50']:.4f}")
+        if "too few" in t["warn_rule"] + t["error_rule"]:
+            print(f"  note: {calibration['frames']} frames are too few to guarantee these rates; the thresholds come "
+                  "from a normal tail fit (45 frames guarantee the warning rate, 230 the error rate)")
     return 0
