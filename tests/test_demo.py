@@ -80,11 +80,15 @@ def test_monitor_levels_are_attributed_to_the_domain_the_bag_was_playing():
                 {"stamp_ns": int(demo.START_NS + 1.9 * span), "level": 1},
                 {"stamp_ns": int(demo.START_NS + 1.2 * span), "level": 0},
                 {"stamp_ns": int(demo.START_NS + 2.5 * span), "level": 2},
+                {"stamp_ns": int(demo.START_NS + 2.6 * span), "level": 1},
+                {"stamp_ns": int(demo.START_NS + 2.7 * span), "level": 1},
+                {"stamp_ns": int(demo.START_NS + 2.8 * span), "level": 0},
                 {"stamp_ns": int(demo.START_NS - span), "level": 2}]  # before the bag: ignored
     levels = demo.monitor_levels_by_domain(statuses, 8, 2.0)
-    assert levels == {"target-clear": {"counts": {"OK": 1}, "last": "OK"},
-                      "target-fog": {"counts": {"OK": 1, "WARN": 1}, "last": "WARN"},
-                      "target-night": {"counts": {"ERROR": 1}, "last": "ERROR"}}
+    assert levels == {"target-clear": {"counts": {"OK": 1}, "last": "OK", "prevailing": "OK"},
+                      "target-fog": {"counts": {"OK": 1, "WARN": 1}, "last": "WARN", "prevailing": "WARN"},
+                      "target-night": {"counts": {"ERROR": 1, "WARN": 2, "OK": 1}, "last": "OK",
+                                       "prevailing": "WARN"}}
 
 
 @pytest.mark.parametrize("step_s, expected", [

@@ -225,7 +225,9 @@ def _render_evaluation_splits(data: str, benchmark: dict, calibration_frames: in
 
 def monitor_levels_by_domain(statuses: list[dict], frames_per_domain: int, fps: float) -> dict[str, dict]:
     """The node's domain-monitor diagnostics during the replay, by the target domain whose frames the bag was
-    playing (stamps are bag time): the level counts and the last level of each domain's stretch."""
+    playing (stamps are bag time): the level counts, the prevailing level (the most frequent; a tie goes to the more
+    severe) and the last level of each domain's stretch. The node judges a rolling window, so a stretch's first
+    statuses still weigh the previous domain's frames."""
     names = ("OK", "WARN", "ERROR")
     span_ns = frames_per_domain / fps * 1e9
     out: dict[str, dict] = {}
@@ -237,6 +239,8 @@ def monitor_levels_by_domain(statuses: list[dict], frames_per_domain: int, fps: 
         level = names[min(status["level"], 2)]
         entry["counts"][level] = entry["counts"].get(level, 0) + 1
         entry["last"] = level
+    for entry in out.values():
+        entry["prevailing"] = max(entry["counts"], key=lambda name: (entry["counts"][name], names.index(name)))
     return out
 
 
@@ -598,7 +602,8 @@ def print_summary(result: dict) -> None:
     levels = result.get("node_monitor_levels") or {}
     if levels:
         print("node /diagnostics domain monitor during the replay: " + ", ".join(
-            f"{domain} {entry['last']} ({', '.join(f'{k} {v}' for k, v in sorted(entry['counts'].items()))})"
+            f"{domain} {entry['prevailing']} ({', '.join(f'{k} {v}' for k, v in sorted(entry['counts'].items()))}; "
+            f"last {entry['last']})"
             for domain, entry in levels.items()))
     t, plan = result["timings"], result["training"]
     print(f"\nprecision: {result['precision']}; machine: {device_line(result['machine'])}")
