@@ -269,10 +269,6 @@ class Network:
         return out
 
 
-def frame_miou(prediction: np.ndarray, label: np.ndarray, class_names) -> float:
-    return metrics.frame_miou(prediction, label, len(class_names))
-
-
 def _output_scores(seg: torch.Tensor) -> dict[str, float]:
     """Calibration-free output-based candidates of one frame's [1, K, H, W] scores."""
     maps = {"maxprob": M.max_probability_map(seg), "entropy": M.entropy_confidence_map(seg),
@@ -312,7 +308,6 @@ def score(args: argparse.Namespace) -> int:
                   for fr in [x for x in frames if x["group"] == g][:args.limit]]
     net = Network(args.checkpoint, args.precision)
     k = net.num_classes
-    class_names = list(net.meta.model.classes)
     calib = [fr for fr in frames if fr["group"] == "source_calib"]
     fold_of = {fr["id"]: i % FOLDS for i, fr in enumerate(calib)}
     start = time.perf_counter()
@@ -344,17 +339,15 @@ def score(args: argparse.Namespace) -> int:
 
     def fit_stats(exclude_fold: Optional[int]) -> tuple[dict, dict]:
         keep = [i for i, fr in enumerate(calib) if exclude_fold is None or fold_of[fr["id"]] != exclude_fold]
-        tok, cls = {}, {}
-        for n in TOKEN_FEATURES:
+
+        def merged(per_frame: list[dict], name: str) -> dict:
             acc = None
             for i in keep:
-                acc = M.merge_moments(acc, token_m[i][n])
-            tok[n] = M.gaussian_from_moments(acc, args.shrinkage)
-        for n in CLASS_FEATURES:
-            acc = None
-            for i in keep:
-                acc = M.merge_moments(acc, class_m[i][n])
-            cls[n] = M.class_gaussian_from_moments(acc, args.shrinkage)
+                acc = M.merge_moments(acc, per_frame[i][name])
+            return acc
+
+        tok = {n: M.gaussian_from_moments(merged(token_m, n), args.shrinkage) for n in TOKEN_FEATURES}
+        cls = {n: M.class_gaussian_from_moments(merged(class_m, n), args.shrinkage) for n in CLASS_FEATURES}
         return tok, cls
 
     fitted = {None: fit_stats(None), **{f: fit_stats(f) for f in range(FOLDS)}}
@@ -370,7 +363,7 @@ def score(args: argparse.Namespace) -> int:
         seg = out["seg_scores"]
         pred = seg.argmax(1)
         row = {key: fr[key] for key in ("id", "group", "domain", "corruption", "strength", "base", "seed")}
-        row["miou"] = frame_miou(pred[0].numpy().astype(np.uint8), label, class_names)
+        row["miou"] = metrics.frame_miou(pred[0].numpy().astype(np.uint8), label, k)
         row.update(_output_scores(seg))
         tok, cls = fitted[fold_of.get(fr["id"])]
         row.update(_token_scores(out["features"], tok, cls))

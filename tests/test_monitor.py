@@ -191,6 +191,7 @@ def test_standardize_combine_and_thresholds():
     assert th["warn"] == 1.0 and th["warn_rule"] == "order statistic 2 of 100" and th["count"] == 100
     assert th["error"] == pytest.approx(49.5 - 2.32635 * float(cal.std()), abs=1e-4) and "too few" in th["error_rule"]
     assert th["expected_warn_rate"] == pytest.approx(2 / 101) and th["confidence"] == M.ALARM_CONFIDENCE
+    assert (th["warn_frames_needed"], th["error_frames_needed"]) == (45, 230)
 
 
 def test_alarm_thresholds_hold_the_false_alarm_rate_with_their_confidence():

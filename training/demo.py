@@ -86,8 +86,9 @@ class DemoSize:
 # Batch 2: on a random-init model more, smaller steps in the same time learned more: batch 4 beat batch 8, and
 # batch 2 beat batch 4 (a batch-2 step takes under half the time of a batch-4 one on one CPU thread). reserve_s
 # covers the monitor's calibration (100 frames, about 20 s), the bag, the ROS 2 replay with the offline scoring
-# beside it, and the offline replay (55 s on an idle machine, 70 s beside the test suite). The 570 s budget leaves 30 s or more of the promised 10 minutes; source
-# mIoU gains about 1 point per 100 iterations at this scale (bench/RESULTS.md), so the budget goes to training.
+# beside it, and the offline replay (55 s on an idle machine, 70 s beside the test suite). The 570 s budget leaves
+# 30 s or more of the promised 10 minutes; source mIoU gains about 1 point per 100 iterations at this scale
+# (bench/RESULTS.md), so the budget goes to training.
 FULL = DemoSize(256, 512, 300, 40, 1800, 2, 256, 8, 2.0, budget_s=570.0, reserve_s=90.0, min_iterations=300)
 QUICK = DemoSize(64, 128, 24, 4, 30, 4, 64, 2, 4.0, calibration_frames=MIN_FRAMES)
 MONITOR_SPLIT = "calib"

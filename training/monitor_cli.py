@@ -33,8 +33,8 @@ from .datasets import DatasetError, build_dataset
 from .evaluate import _parse_data, dataset_inference
 
 MIN_FRAMES = 20
-"""Fewest calibration frames. The thresholds' guarantee needs more: 45 frames for a 5 % warning rate, 230 for a 1 %
-error rate at 90 % confidence (``monitor.alarm_thresholds``); with fewer they come from a normal tail fit."""
+"""Fewest calibration frames. The thresholds' guarantee needs more (``monitor.frames_for_bound``): 45 frames for a 5 %
+warning rate, 230 for a 1 % error rate at 90 % confidence; with fewer they come from a normal tail fit."""
 
 
 def calibrate_predictor(predictor: Predictor, frames: Iterable[tuple[np.ndarray, Optional[np.ndarray]]],
@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
               f"{t['warn_rule']}), error below {t['error']:.4f} (at most {100 * t['error_rate']:g} %, expected "
               f"{100 * t['expected_error_rate']:.1f} %; {t['error_rule']}); in-domain median "
               f"{entry['distribution']['quantiles']['p50']:.4f}")
-        if "too few" in t["warn_rule"] + t["error_rule"]:
-            print(f"  note: {calibration['frames']} frames are too few to guarantee these rates; the thresholds come "
-                  "from a normal tail fit (45 frames guarantee the warning rate, 230 the error rate)")
+        if t["count"] < t["error_frames_needed"]:
+            print(f"  note: {t['count']} frames are too few to guarantee these rates; the thresholds below the bound "
+                  f"come from a normal tail fit ({t['warn_frames_needed']} frames guarantee the warning rate, "
+                  f"{t['error_frames_needed']} the error rate)")
     return 0

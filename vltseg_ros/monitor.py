@@ -49,8 +49,9 @@ __all__ = [
     "token_mahalanobis_map", "class_moments", "class_gaussian_from_moments", "class_mahalanobis_map",
     "flip_back", "label_agreement", "label_map_miou", "soft_agreement", "class_histogram", "soft_class_histogram",
     "histogram_distance", "image_statistics", "fit_normalizer", "standardize", "combine", "alarm_thresholds",
-    "ALARM_CONFIDENCE", "to_plain", "from_plain", "tokens", "IMAGE_STATISTICS", "DEFAULT_SCORE", "frame_descriptor", "fit_frame_score",
-    "frame_score", "out_of_fold_scores",
+    "frames_for_bound",
+    "ALARM_CONFIDENCE", "to_plain", "from_plain", "tokens", "IMAGE_STATISTICS", "DEFAULT_SCORE", "frame_descriptor",
+    "fit_frame_score", "frame_score", "out_of_fold_scores",
 ]
 
 
@@ -411,12 +412,17 @@ def _order_statistic_rank(n: int, rate: float, confidence: float) -> int:
     in-domain false-alarm rate at or below ``rate`` with probability ``confidence``; 0 when even the smallest cannot.
     The share of in-domain frames below the k-th smallest of n is Beta(k, n + 1 - k) distributed, so
     P(share > rate) = P(Binomial(n, rate) <= k - 1) (a one-sided distribution-free tolerance bound)."""
+    import numpy as np
     from scipy.stats import binom
 
-    k = 0
-    while k < n and binom.cdf(k, n, rate) <= 1.0 - confidence:
-        k += 1
-    return k
+    # The binomial CDF rises with k: count the ranks whose CDF stays within 1 - confidence.
+    return int((binom.cdf(np.arange(n), n, rate) <= 1.0 - confidence).sum())
+
+
+def frames_for_bound(rate: float, confidence: float = ALARM_CONFIDENCE) -> int:
+    """The fewest calibration frames for which even the smallest score holds ``rate`` with ``confidence``:
+    (1 - rate) ** n <= 1 - confidence (45 for 5 %, 230 for 1 % at 90 %)."""
+    return math.ceil(math.log(1.0 - confidence) / math.log(1.0 - rate) - 1e-9)
 
 
 def _threshold(sorted_scores: Tensor, rate: float, confidence: float) -> tuple[float, float, str]:
@@ -444,16 +450,19 @@ def alarm_thresholds(calibration_scores: Tensor, warn_rate: float = 0.05, error_
     The expected rate is lower than the bound, and approaches it as N grows: for 5 % it is 2 % at N = 100, 3 % at
     200 and 4 % at 1000.
 
-    The bound needs N >= 45 for 5 % and N >= 230 for 1 %. With fewer frames the threshold falls back to a normal
-    fit of the scores' lower tail, never above the lowest score; ``warn_rule`` / ``error_rule`` say which rule set
-    each threshold.
+    The bound needs N >= ``frames_for_bound(rate, confidence)`` (45 for 5 % and 230 for 1 % at 90 %), recorded as
+    ``warn_frames_needed`` / ``error_frames_needed``. With fewer frames the threshold falls back to a normal fit of
+    the scores' lower tail, never above the lowest score; ``warn_rule`` / ``error_rule`` say which rule set each
+    threshold.
     """
     x = calibration_scores.double().flatten().sort().values
     warn, warn_expected, warn_rule = _threshold(x, warn_rate, confidence)
     error, error_expected, error_rule = _threshold(x, error_rate, confidence)
     return {"warn": warn, "error": min(error, warn), "warn_rate": warn_rate, "error_rate": error_rate,
             "confidence": confidence, "warn_rule": warn_rule, "error_rule": error_rule,
-            "expected_warn_rate": warn_expected, "expected_error_rate": error_expected, "count": int(x.numel())}
+            "expected_warn_rate": warn_expected, "expected_error_rate": error_expected, "count": int(x.numel()),
+            "warn_frames_needed": frames_for_bound(warn_rate, confidence),
+            "error_frames_needed": frames_for_bound(error_rate, confidence)}
 
 
 # ------------------------------------------------------------------------------------------------ serialisation
